@@ -1,0 +1,1 @@
+"""digits: a Kaggle Digit Recognizer submission kit (data -> augment -> model/train -> ensemble -> submit)."""

@@ -1,0 +1,94 @@
+"""Throughput benchmark (not a test): plain model.fit on in-memory arrays vs the kit's augmented pipeline.
+
+    python -m src.bench [--data-dir D] [--images N] [--json]
+
+Same model, same batch size, same optimizer; each fit runs two epochs over N images and the second
+epoch is timed (the first pays for tracing). With --json the last line is
+{"plain_fit_images_per_s": ..., "kit_train_images_per_s": ..., "predict_images_per_s": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from src import augment, data, model
+from src.config import AugmentConfig
+from src.errors import run_cli
+
+
+def second_epoch_seconds(net, fit_args: dict) -> float:
+    import keras
+
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    net.fit(**fit_args, epochs=2, callbacks=[Timer()], verbose=0)
+    return times[-1]
+
+
+def fresh_model(hparams: dict, steps: int):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return model.compile_model(model.build_model(hparams), hparams, 2 * steps, steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--images", type=int, default=8192, help="training images per timed epoch")
+    parser.add_argument("--workers", type=int, default=1, help="augmentation threads of the kit's pipeline")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    folder = data.find_data_dir(args.data_dir) or data.write_demo(Path("runs/demo-data"))
+    dataset = data.load(folder)
+    n = min(args.images, len(dataset.train_images))
+    images, labels = dataset.train_images[:n], dataset.train_labels[:n].astype(np.int32)
+    hparams = model.validate_hparams({})
+    batch = hparams["batch_size"]
+    steps = augment.steps_per_epoch(n, batch)
+    print(f"benchmark on {folder}: {n} images/epoch, batch {batch}, default model", flush=True)
+
+    plain = second_epoch_seconds(
+        fresh_model(hparams, steps), {"x": images[..., None], "y": labels, "batch_size": batch}
+    )
+    batches = augment.training_batches(
+        images, labels, batch, 2, AugmentConfig(), hparams["aug_strength"], 0, args.workers
+    )
+    kit = second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps})
+    net = fresh_model(hparams, steps)
+    test = dataset.test_images
+    net.predict(test[:512, ..., None], batch_size=512, verbose=0)
+    start = time.perf_counter()
+    net.predict(test[..., None], batch_size=512, verbose=0)
+    predict = time.perf_counter() - start
+
+    result = {
+        "plain_fit_images_per_s": round(n / plain, 1),
+        "kit_train_images_per_s": round(n / kit, 1),
+        "predict_images_per_s": round(len(test) / predict, 1),
+    }
+    print(f"{'plain model.fit (no augmentation)':<40}{result['plain_fit_images_per_s']:>10.1f} images/s")
+    print(f"{'kit pipeline (augmented, tf.data)':<40}{result['kit_train_images_per_s']:>10.1f} images/s")
+    print(f"{'predict':<40}{result['predict_images_per_s']:>10.1f} images/s")
+    print(f"kit / plain = {plain / kit:.2f}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,90 @@
+"""Run configuration: one frozen dataclass per concern, named presets, and CLI overrides.
+
+Like nanoGPT's config: plain values, read once by the entry point and passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from src.errors import DigitsError
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine + distortion applied to training images (never flips: a flipped 2 is not a 2)."""
+
+    rotate_deg: float = 10.0
+    scale: float = 0.10  # zoom drawn from [1 - scale, 1 + scale]
+    shift: float = 0.10  # translation as a fraction of the 28-pixel side
+    shear_deg: float = 0.0
+    elastic_p: float = 0.0  # probability of an elastic distortion
+    dropout_p: float = 0.0  # probability of coarse dropout (erase small patches)
+    # How hard to augment is a tunable hyperparameter: model.DEFAULT_HPARAMS["aug_strength"].
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """K-fold x seeds training and inference."""
+
+    folds: int = 5
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 30
+    patience: int = 10  # early stopping on val accuracy; restores the best epoch
+    tta: bool = False  # test-time augmentation at predict time
+    tta_rounds: int = 4
+    max_rows: int | None = None  # stratified subsample of train.csv (smoke runs, tests)
+    workers: int = 1  # threads that augment batches while the model trains
+    hparams: str | None = None  # path of a hyperparameter JSON; None: the preset's or the defaults
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    train: TrainConfig
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of model.DEFAULT_HPARAMS
+
+
+PRESETS: dict[str, Preset] = {
+    # CI and quick checks: real data in about three minutes on two CPU cores.
+    "smoke": Preset(
+        "smoke",
+        TrainConfig(folds=2, seeds=(0,), epochs=2, patience=2, max_rows=12_000),
+        AugmentConfig(),
+        {"aug_strength": 0.5},
+    ),
+    # The default: a CPU-sized K-fold ensemble in under twenty minutes on two cores.
+    "fast": Preset(
+        "fast",
+        TrainConfig(folds=3, seeds=(0,), epochs=8, patience=8),
+        AugmentConfig(),
+    ),
+    # The leaderboard run: more folds, seeds and epochs, elastic distortion, TTA. Use a GPU.
+    "full": Preset(
+        "full",
+        TrainConfig(folds=10, seeds=(0, 1, 2), epochs=45, patience=15, tta=True),
+        AugmentConfig(elastic_p=0.2, dropout_p=0.2),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise DigitsError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def with_overrides(config: Any, **overrides: Any) -> Any:
+    """Return `config` with the fields that are given (not None) replaced: CLI flags win over presets."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no field(s) {sorted(unknown)}")
+    return dataclasses.replace(config, **given)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

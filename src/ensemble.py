@@ -1,0 +1,87 @@
+"""Average the fold models' probabilities (over folds and seeds), optionally with test-time augmentation.
+
+Reads the fold folders that src/train.py wrote and adds, in the run folder:
+oof_probs.npy (float32 [N, 10], each train row predicted by the models that never saw it),
+test_probs.npy (float32 [M, 10]) and cv.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src import augment
+from src.config import AugmentConfig
+
+
+def predict_probs(net, images: np.ndarray, tta_rounds: int = 0, aug: AugmentConfig | None = None, seed: int = 0):
+    """float32 [N, 10] for images uint8 [N, 28, 28]; with TTA, averaged with `tta_rounds` mildly augmented copies."""
+    probs = net.predict(images[..., None], batch_size=512, verbose=0).astype(np.float64)
+    if tta_rounds:
+        # Half-strength affine only: TTA should look like the test set, not like hard training samples.
+        augmenter = augment.Augmenter(AugmentConfig(rotate_deg=(aug or AugmentConfig()).rotate_deg), strength=0.5)
+        for r in range(tta_rounds):
+            shifted = augmenter(images, augment.batch_seed(seed, 10_000 + r))
+            probs += net.predict(shifted[..., None], batch_size=512, verbose=0)
+        probs /= tta_rounds + 1
+    return probs.astype(np.float32)
+
+
+def fold_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in run_dir.glob("seed*_fold*/fold.json"))
+
+
+def ensemble_run(
+    run_dir: Path,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    train_images: np.ndarray | None = None,
+    tta_rounds: int = 0,
+    aug: AugmentConfig | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Predict the test set with every finished fold model and average; score the out-of-fold predictions.
+
+    Without TTA the OOF probabilities saved at training time are used; with TTA they are recomputed
+    (that needs `train_images`) so that the CV score measures what is submitted.
+    """
+    import keras
+
+    dirs = fold_dirs(run_dir)
+    if not dirs:
+        raise FileNotFoundError(f"{run_dir}: no finished folds (seed*_fold*/fold.json)")
+    oof_sum = np.zeros((len(train_labels), 10), np.float64)
+    oof_count = np.zeros(len(train_labels), np.int64)
+    test_sum = np.zeros((len(test_images), 10), np.float64)
+    for i, fold_dir in enumerate(dirs, 1):
+        net = keras.models.load_model(fold_dir / "model.keras")
+        val_index = np.load(fold_dir / "val_index.npy")
+        if tta_rounds and train_images is not None:
+            val_probs = predict_probs(net, train_images[val_index], tta_rounds, aug, seed=i)
+        else:
+            val_probs = np.load(fold_dir / "val_probs.npy")
+        test_probs = predict_probs(net, test_images, tta_rounds, aug, seed=i)
+        np.save(fold_dir / "test_probs.npy", test_probs)
+        oof_sum[val_index] += val_probs
+        oof_count[val_index] += 1
+        test_sum += test_probs
+        val_acc = np.mean(val_probs.argmax(1) == train_labels[val_index])
+        log(f"[ensemble {i}/{len(dirs)}] {fold_dir.name}: val_acc {val_acc:.4f}")
+    covered = oof_count > 0
+    oof = (oof_sum / np.maximum(oof_count, 1)[:, None]).astype(np.float32)
+    test = (test_sum / len(dirs)).astype(np.float32)
+    folds = [json.loads((d / "fold.json").read_text()) for d in dirs]
+    cv = {
+        "cv_accuracy": float(np.mean(oof[covered].argmax(1) == train_labels[covered])),
+        "oof_rows": int(covered.sum()),
+        "models": len(dirs),
+        "tta_rounds": tta_rounds,
+        "folds": folds,
+    }
+    np.save(run_dir / "oof_probs.npy", oof)
+    np.save(run_dir / "test_probs.npy", test)
+    (run_dir / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
+    return {"oof_probs": oof, "test_probs": test, **cv}

@@ -1,0 +1,170 @@
+"""The CNN: conv blocks with BatchNorm and dropout, built from a plain hyperparameter dict.
+
+The default follows the best public kernels (Chris Deotte's "25 million images"):
+32-32-32(stride 2)-64-64-64(stride 2)-128, BatchNorm after every conv, dropout 0.4.
+KerasTuner's search space (src/tune.py) produces the same dict, so tuned and untuned models come
+from this one builder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from src.errors import DigitsError
+
+DEFAULT_HPARAMS: dict[str, Any] = {
+    "filters": [32, 64],  # one conv block per entry
+    "convs_per_block": 2,  # stride-1 convs before the stride-2 conv that ends each block
+    "kernel_size": 3,
+    "down_kernel_size": 5,
+    "padding": "valid",  # of the stride-1 convs; 'valid' is cheaper, 'same' allows more blocks
+    "dropout": 0.4,
+    "dense": 128,
+    "bn_momentum": 0.9,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "schedule": "onecycle",
+    "batch_size": 64,
+    "aug_strength": 1.0,
+}
+
+CHOICES = {
+    "padding": ("valid", "same"),
+    "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
+    "schedule": ("onecycle", "cosine", "exponential", "constant"),
+}
+RANGES = {  # key: (type, low, high)
+    "convs_per_block": (int, 0, 4),
+    "kernel_size": (int, 1, 7),
+    "down_kernel_size": (int, 1, 7),
+    "dropout": (float, 0.0, 0.9),
+    "dense": (int, 0, 4096),
+    "bn_momentum": (float, 0.0, 0.9999),
+    "learning_rate": (float, 1e-6, 1.0),
+    "batch_size": (int, 1, 4096),
+    "aug_strength": (float, 0.0, 3.0),
+}
+
+
+def validate_hparams(overrides: dict[str, Any], source: str = "hparams") -> dict[str, Any]:
+    """DEFAULT_HPARAMS updated with `overrides`, each key checked; a bad one raises DigitsError naming it."""
+    if not isinstance(overrides, dict):
+        raise DigitsError(f"{source}: expected a JSON object of hyperparameters, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        if key not in DEFAULT_HPARAMS:
+            raise DigitsError(f"{source}: unknown hyperparameter {key!r}; known: {', '.join(DEFAULT_HPARAMS)}")
+        check_value(key, value, source)
+    hparams = {**DEFAULT_HPARAMS, **overrides}
+    check_spatial(hparams, source)
+    return hparams
+
+
+def check_value(key: str, value: Any, source: str) -> None:
+    bad = f"{source}: hyperparameter {key!r} = {value!r}"
+    if key == "filters":
+        if not (isinstance(value, list) and value and all(isinstance(f, int) and 1 <= f <= 1024 for f in value)):
+            raise DigitsError(f"{bad}: expected a non-empty list of integers in 1-1024")
+    elif key in CHOICES:
+        if value not in CHOICES[key]:
+            raise DigitsError(f"{bad}: expected one of {', '.join(CHOICES[key])}")
+    else:
+        kind, low, high = RANGES[key]
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok_type = ok_type and float(value).is_integer()
+        if not ok_type or not low <= value <= high:
+            raise DigitsError(f"{bad}: expected {kind.__name__} in {low}-{high}")
+
+
+def check_spatial(hparams: dict[str, Any], source: str) -> None:
+    if feature_side(hparams) < 1:
+        raise DigitsError(
+            f"{source}: {len(hparams['filters'])} blocks with padding 'valid' shrink 28x28 to nothing; "
+            "use padding 'same' or fewer filters entries"
+        )
+
+
+def feature_side(hparams: dict[str, Any]) -> int:
+    """Side of the feature map after the conv blocks (28 for the input)."""
+    side = 28
+    for _ in hparams["filters"]:
+        if hparams["padding"] == "valid":
+            side -= hparams["convs_per_block"] * (hparams["kernel_size"] - 1)
+        if side < 1:
+            return 0
+        side = math.ceil(side / 2)
+    return side
+
+
+def load_hparams(path: str | Path) -> dict[str, Any]:
+    """Read a hyperparameter JSON (e.g. tune's best_hparams.json) and validate it."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DigitsError(f"{path}: no such hyperparameter file") from None
+    except json.JSONDecodeError as error:
+        raise DigitsError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    return validate_hparams(values, str(path))
+
+
+def build_model(hparams: dict[str, Any]):
+    """An uncompiled Keras CNN: uint8 [B, 28, 28, 1] -> class probabilities float32 [B, 10]."""
+    import keras
+    from keras import layers
+
+    def conv_bn_relu(x, filters: int, kernel: int, strides: int = 1, padding: str = "same"):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=hparams["bn_momentum"])(x)
+        return layers.ReLU()(x)
+
+    inputs = keras.Input((28, 28, 1), dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 255)(inputs)
+    for filters in hparams["filters"]:
+        for _ in range(hparams["convs_per_block"]):
+            x = conv_bn_relu(x, filters, hparams["kernel_size"], padding=hparams["padding"])
+        x = conv_bn_relu(x, filters, hparams["down_kernel_size"], strides=2)
+        x = layers.Dropout(hparams["dropout"])(x)
+    x = layers.Flatten()(x)
+    if hparams["dense"]:
+        x = layers.Dense(hparams["dense"], use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=hparams["bn_momentum"])(x)
+        x = layers.ReLU()(x)
+        x = layers.Dropout(hparams["dropout"])(x)
+    outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+def learning_rate(hparams: dict[str, Any], total_steps: int, steps_per_epoch: int):
+    """The learning-rate schedule over the whole fold (`total_steps` optimizer steps)."""
+    import keras
+
+    peak = hparams["learning_rate"]
+    total_steps = max(1, total_steps)
+    if hparams["schedule"] == "constant":
+        return peak
+    if hparams["schedule"] == "exponential":  # Deotte's 0.95 per epoch
+        return keras.optimizers.schedules.ExponentialDecay(peak, steps_per_epoch, 0.95)
+    if hparams["schedule"] == "cosine":
+        return keras.optimizers.schedules.CosineDecay(peak, total_steps, alpha=0.01)
+    warmup = max(1, int(0.2 * total_steps))  # onecycle: linear warm-up, then cosine annealing
+    return keras.optimizers.schedules.CosineDecay(
+        peak / 10, total_steps - warmup, alpha=0.001, warmup_target=peak, warmup_steps=warmup
+    )
+
+
+def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_epoch: int):
+    import keras
+
+    lr = learning_rate(hparams, total_steps, steps_per_epoch)
+    optimizer = {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=1e-4),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+    }[hparams["optimizer"]]()
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model

@@ -1,0 +1,191 @@
+"""K-fold x seeds training: one model per (seed, fold), with out-of-fold probabilities and progress.
+
+Each fold writes runs/<run-id>/seed<S>_fold<K>/: model.keras, history.csv, val_index.npy,
+val_probs.npy (float32 [n_val, 10]) and fold.json (val accuracy, best epoch, seconds). A fold with a
+fold.json is finished: `--resume` skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from src import augment, model
+from src.config import AugmentConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Fold:
+    seed: int
+    fold: int  # 0-based
+    train_index: np.ndarray  # int [n_train]
+    val_index: np.ndarray  # int [n_val]
+
+    @property
+    def name(self) -> str:
+        return f"seed{self.seed}_fold{self.fold}"
+
+
+def make_folds(labels: np.ndarray, folds: int, seeds: tuple[int, ...]) -> list[Fold]:
+    """StratifiedKFold(folds) for each seed: every seed reshuffles the split."""
+    return [
+        Fold(seed, k, train_index, val_index)
+        for seed in seeds
+        for k, (train_index, val_index) in enumerate(
+            StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+        )
+    ]
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """Prints one line per epoch with the fold's position in the run and an ETA for the whole run."""
+
+    def __init__(self, epochs_total: int, log=print):
+        self.epochs_total = epochs_total
+        self.epochs_done = 0
+        self.seconds = 0.0
+        self.log = log
+
+    def epoch(self, label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float) -> None:
+        self.epochs_done += 1
+        self.seconds += seconds
+        left = max(0, self.epochs_total - self.epochs_done) * self.seconds / self.epochs_done
+        self.log(
+            f"{label} epoch {epoch}/{epochs} loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
+            f"val_acc {logs.get('val_accuracy', 0):.4f} | {format_seconds(seconds)}/epoch, ETA {format_seconds(left)}"
+        )
+
+    def skip(self, epochs: int) -> None:
+        self.epochs_total -= epochs
+
+
+def progress_callback(progress: Progress, label: str, epochs: int):
+    import keras
+
+    class EpochLine(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            progress.epoch(label, epoch + 1, epochs, logs or {}, time.perf_counter() - self.start)
+
+    return EpochLine()
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    return seed * 1000 + fold
+
+
+def train_fold(
+    images: np.ndarray,
+    labels: np.ndarray,
+    fold: Fold,
+    hparams: dict[str, Any],
+    train: TrainConfig,
+    aug: AugmentConfig,
+    out_dir: Path,
+    progress: Progress,
+    label: str,
+) -> dict[str, Any]:
+    """Train one model on `fold.train_index` of images uint8 [N, 28, 28]; save it and its OOF probabilities."""
+    import keras
+
+    seed = fold_seed(fold.seed, fold.fold)
+    keras.utils.set_random_seed(seed)
+    batch_size = hparams["batch_size"]
+    steps = augment.steps_per_epoch(len(fold.train_index), batch_size)
+    batches = augment.training_batches(
+        images[fold.train_index],
+        labels[fold.train_index],
+        batch_size,
+        train.epochs,
+        aug,
+        hparams["aug_strength"],
+        seed,
+        train.workers,
+    )
+    val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
+    net = model.compile_model(model.build_model(hparams), hparams, steps * train.epochs, steps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best = out_dir / "best.weights.h5"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
+        keras.callbacks.CSVLogger(out_dir / "history.csv"),
+        progress_callback(progress, label, train.epochs),
+    ]
+    start = time.perf_counter()
+    history = net.fit(
+        batches,
+        epochs=train.epochs,
+        steps_per_epoch=steps,
+        validation_data=(val_x, val_y),
+        validation_batch_size=512,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    net.load_weights(best)
+    val_probs = net.predict(val_x, batch_size=512, verbose=0).astype(np.float32)
+    net.save(out_dir / "model.keras")
+    best.unlink()
+    np.save(out_dir / "val_index.npy", fold.val_index)
+    np.save(out_dir / "val_probs.npy", val_probs)
+    val_acc = history.history["val_accuracy"]
+    summary = {
+        "seed": fold.seed,
+        "fold": fold.fold,
+        "val_accuracy": float(np.mean(val_probs.argmax(1) == val_y)),
+        "best_epoch": int(np.argmax(val_acc)) + 1,
+        "epochs_run": len(val_acc),
+        "train_seconds": round(seconds, 1),
+        "train_images_per_s": round(len(val_acc) * steps * batch_size / seconds, 1),
+    }
+    write_json(out_dir / "fold.json", summary)  # written last: its presence marks the fold finished
+    return summary
+
+
+def train_folds(
+    images: np.ndarray,
+    labels: np.ndarray,
+    hparams: dict[str, Any],
+    train: TrainConfig,
+    aug: AugmentConfig,
+    run_dir: Path,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Train every (seed, fold) not already finished in `run_dir`; return all folds' summaries."""
+    folds = make_folds(labels, train.folds, train.seeds)
+    progress = Progress(len(folds) * train.epochs, log)
+    summaries = []
+    for i, fold in enumerate(folds, 1):
+        label = f"[model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
+        done = run_dir / fold.name / "fold.json"
+        if done.exists():
+            summary = json.loads(done.read_text())
+            progress.skip(train.epochs)
+            log(f"{label} finished earlier: val_acc {summary['val_accuracy']:.4f} (resume)")
+        else:
+            summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label)
+            log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
+        summaries.append(summary)
+    return summaries
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    tmp.replace(path)

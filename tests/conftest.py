@@ -1,0 +1,54 @@
+"""Shared fixtures: the demo dataset (scikit-learn's digits in Kaggle's format) and the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    from src import data
+
+    return data.write_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """The competition data through $DIGITS_DATA_DIR (set by .ci/run); skipped when it is not set."""
+    folder = os.environ.get("DIGITS_DATA_DIR")
+    if not folder:
+        pytest.skip("DIGITS_DATA_DIR is not set: no competition data for this test")
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def real_slice(real_dir, tmp_path_factory) -> Path:
+    """A small stratified slice of the real train.csv (1,500 rows) and test.csv (300 rows), in Kaggle's format.
+
+    Lives in a temporary folder only: the competition data is never copied into the repository.
+    """
+    from src import data
+
+    train_images, train_labels, _, _ = data.load_train(real_dir)
+    test_images, _, _ = data.load_test(real_dir)
+    rows = data.stratified_subsample(train_labels, 1500, 0)
+    folder = tmp_path_factory.mktemp("real_slice")
+    write_kaggle(folder, train_images[rows], train_labels[rows], test_images[:300])
+    return folder
+
+
+def write_kaggle(folder: Path, train_images, train_labels, test_images) -> Path:
+    import pandas as pd
+
+    from src.data import PIXELS
+
+    train = pd.DataFrame(train_images.reshape(len(train_images), -1), columns=PIXELS)
+    train.insert(0, "label", train_labels)
+    train.to_csv(folder / "train.csv", index=False)
+    pd.DataFrame(test_images.reshape(len(test_images), -1), columns=PIXELS).to_csv(folder / "test.csv", index=False)
+    return folder

@@ -1,0 +1,65 @@
+"""Augmentation keeps shapes, dtype, range and labels; it is reproducible from the seed alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from src import augment, data
+from src.config import AugmentConfig
+
+
+def digits(demo_dir, n=64):
+    dataset = data.load(demo_dir)
+    return dataset.train_images[:n], dataset.train_labels[:n]
+
+
+def test_augmented_images_keep_shape_dtype_and_range(demo_dir):
+    images, _ = digits(demo_dir)
+    out = augment.Augmenter(AugmentConfig(elastic_p=0.5, dropout_p=0.5))(images, seed=1)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, images)
+    # Small affine moves keep most of the ink inside the frame.
+    assert np.abs(out.astype(float).sum((1, 2)) / images.astype(float).sum((1, 2)) - 1).mean() < 0.25
+
+
+def test_same_seed_same_images_other_seed_other_images(demo_dir):
+    images, _ = digits(demo_dir)
+    augmenter = augment.Augmenter(AugmentConfig())
+    np.testing.assert_array_equal(augmenter(images, 7), augmenter(images, 7))
+    assert not np.array_equal(augmenter(images, 7), augmenter(images, 8))
+
+
+def test_strength_zero_is_the_identity(demo_dir):
+    images, _ = digits(demo_dir)
+    np.testing.assert_array_equal(augment.Augmenter(AugmentConfig(), strength=0)(images, 3), images)
+
+
+def test_never_flips():
+    pipeline = augment.build_pipeline(AugmentConfig(elastic_p=1, dropout_p=1))
+    names = [type(t).__name__ for t in pipeline.transforms]
+    assert names == ["Affine", "ElasticTransform", "CoarseDropout"]
+    assert not any("Flip" in name or "Transpose" in name for name in names)
+
+
+def test_training_batches_cover_each_epoch_once_with_labels_kept(demo_dir):
+    images, labels = digits(demo_dir, 100)
+    # Tag each image by its row so the labels can be checked after shuffling.
+    batches = list(augment.training_batches(images, labels, 32, 2, AugmentConfig(), 0.0, seed=0, workers=2))
+    assert len(batches) == 2 * augment.steps_per_epoch(100, 32)
+    x, y = batches[0]
+    assert x.shape == (32, 28, 28, 1) and x.dtype.name == "uint8" and y.dtype.name == "int32"
+    first_epoch = np.concatenate([b[1].numpy() for b in batches[:4]])
+    assert sorted(first_epoch) == sorted(labels)
+    lookup = {img.tobytes(): lab for img, lab in zip(images, labels)}
+    for bx, by in batches:  # strength 0: images pass unchanged, so each label must match its image
+        assert all(lookup[img[..., 0].tobytes()] == lab for img, lab in zip(bx.numpy(), by.numpy()))
+    second_epoch = np.concatenate([b[1].numpy() for b in batches[4:]])
+    assert not np.array_equal(first_epoch, second_epoch)  # reshuffled
+
+
+def test_batches_do_not_depend_on_worker_count(demo_dir):
+    images, labels = digits(demo_dir, 96)
+    one = [b[0].numpy() for b in augment.training_batches(images, labels, 32, 1, AugmentConfig(), 1.0, 5, 1)]
+    two = [b[0].numpy() for b in augment.training_batches(images, labels, 32, 1, AugmentConfig(), 1.0, 5, 2)]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

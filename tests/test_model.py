@@ -1,0 +1,61 @@
+"""The CNN builder: shapes, BatchNorm and dropout present, hyperparameters validated by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from src import model
+from src.errors import DigitsError
+
+
+def test_default_model_maps_uint8_digits_to_probabilities():
+    net = model.build_model(model.validate_hparams({}))
+    probs = net.predict(np.zeros((3, 28, 28, 1), np.uint8), verbose=0)
+    assert probs.shape == (3, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds.count("Conv2D") == 6 and kinds.count("BatchNormalization") == 7 and kinds.count("Dropout") == 3
+
+
+def test_strides_follow_the_32_32_32s2_64_64_64s2_design():
+    net = model.build_model(model.validate_hparams({}))
+    convs = [layer for layer in net.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 32, 32, 64, 64, 64]
+    assert [c.strides[0] for c in convs] == [1, 1, 2, 1, 1, 2]
+
+
+def test_three_blocks_need_same_padding():
+    with pytest.raises(DigitsError, match="shrink 28x28 to nothing"):
+        model.validate_hparams({"filters": [32, 64, 128], "convs_per_block": 3, "kernel_size": 5})
+    net = model.build_model(model.validate_hparams({"filters": [16, 32, 64], "padding": "same"}))
+    assert net.output_shape == (None, 10)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"dropuot": 0.3}, "unknown hyperparameter 'dropuot'"),
+        ({"dropout": 1.5}, "'dropout' = 1.5: expected float in 0.0-0.9"),
+        ({"filters": []}, "'filters' = \\[\\]"),
+        ({"optimizer": "adagrad"}, "'optimizer' = 'adagrad': expected one of adam"),
+        ({"batch_size": 64.5}, "'batch_size' = 64.5"),
+    ],
+)
+def test_bad_hyperparameters_are_named(bad, message):
+    with pytest.raises(DigitsError, match=message):
+        model.validate_hparams(bad)
+
+
+def test_load_hparams_reads_json_and_reports_bad_files(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"dense": 64, "learning_rate": 0.002}))
+    assert model.load_hparams(good)["dense"] == 64
+    broken = tmp_path / "broken.json"
+    broken.write_text("{'dense': 64")
+    with pytest.raises(DigitsError, match="broken.json: not valid JSON"):
+        model.load_hparams(broken)
+    with pytest.raises(DigitsError, match="no such hyperparameter file"):
+        model.load_hparams(tmp_path / "missing.json")

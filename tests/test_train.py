@@ -1,0 +1,32 @@
+"""K-fold splitting: stratified, disjoint, covering every row once per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from src import data, train
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_row(demo_dir):
+    labels = data.load(demo_dir).train_labels
+    folds = train.make_folds(labels, 5, (0, 1))
+    assert len(folds) == 10 and [f.name for f in folds[:2]] == ["seed0_fold0", "seed0_fold1"]
+    for seed in (0, 1):
+        vals = np.concatenate([f.val_index for f in folds if f.seed == seed])
+        assert sorted(vals) == list(range(len(labels)))
+    share = np.bincount(labels, minlength=10) / len(labels)
+    for fold in folds:
+        assert not set(fold.train_index) & set(fold.val_index)
+        fold_share = np.bincount(labels[fold.val_index], minlength=10) / len(fold.val_index)
+        assert np.abs(fold_share - share).max() < 0.02
+    assert not np.array_equal(folds[0].val_index, folds[5].val_index)  # another seed, another split
+
+
+def test_progress_estimates_time_left():
+    lines = []
+    progress = train.Progress(epochs_total=4, log=lines.append)
+    progress.epoch("[m]", 1, 2, {"loss": 1.0, "accuracy": 0.5, "val_accuracy": 0.6}, 30.0)
+    assert lines[-1].endswith("30s/epoch, ETA 1m30s")
+    progress.skip(2)
+    progress.epoch("[m]", 2, 2, {}, 10.0)
+    assert lines[-1].endswith("ETA 0s")
