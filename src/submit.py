@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src import data, model
+from src import data, model, registry
 from src.config import AugmentConfig, TrainConfig, get_preset, to_dict, with_overrides
 from src.errors import DigitsError, run_cli
 
@@ -84,6 +84,15 @@ def replace_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def unique_stem(out_dir: Path, stem: str) -> str:
+    """`stem`, or `stem`_2, _3, ... when a file of that name exists (two runs finishing in the same second)."""
+    candidate, n = stem, 1
+    while (out_dir / f"{candidate}.csv").exists() or (out_dir / f"{candidate}.json").exists():
+        n += 1
+        candidate = f"{stem}_{n}"
+    return candidate
 
 
 def write_submission(frame: pd.DataFrame, n_test: int, out_dir: Path, stem: str, metadata: dict[str, Any]) -> Path:
@@ -202,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    tf.config.experimental.enable_op_determinism()  # same seed and preset -> same submission on CPU
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()  # same seed and preset -> same submission on CPU
     from src import ensemble, train
 
     rows = data.stratified_subsample(dataset.train_labels, spec.train.max_rows or len(dataset.train_labels), 0)
@@ -245,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "message": args.message,
         "created": stamp,
         "cv_accuracy": cv,
+        "test_rows": len(dataset.test_images),
         "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
         "seeds": list(spec.train.seeds),
         "folds": spec.train.folds,
@@ -263,10 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     frame = make_submission(result["test_probs"].argmax(1))
     stem = f"{stamp}_{spec.preset}{'_demo' if demo else ''}_cv{cv:.5f}"
-    path = write_submission(frame, len(dataset.test_images), Path(args.out), stem, metadata)
+    out_dir = Path(args.out)
+    path = write_submission(frame, len(dataset.test_images), out_dir, unique_stem(out_dir, stem), metadata)
     (run_dir / "submission_path.txt").write_text(str(path) + "\n")
+    registry.append(
+        out_dir / registry.INDEX_NAME,
+        event="written",
+        file=path.name,
+        preset=spec.preset,
+        cv=f"{cv:.5f}",
+        hparams_source=spec.hparams_source,
+        git_commit=metadata["git_commit"],
+        message=args.message,
+    )
     total = train.format_seconds(time.perf_counter() - started)
-    log(f"wrote {path} (and {Path(args.out) / 'submission.csv'}) in {total}")
+    log(f"wrote {path} (and {out_dir / 'submission.csv'}) in {total}")
     return 0
 
 
