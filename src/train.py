@@ -97,6 +97,7 @@ def train_fold(
     out_dir: Path,
     progress: Progress,
     label: str,
+    extra_callbacks: tuple = (),
 ) -> dict[str, Any]:
     """Train one model on `fold.train_index` of images uint8 [N, 28, 28]; save it and its OOF probabilities."""
     import keras
@@ -124,6 +125,7 @@ def train_fold(
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
         keras.callbacks.CSVLogger(out_dir / "history.csv"),
         progress_callback(progress, label, train.epochs),
+        *extra_callbacks,
     ]
     start = time.perf_counter()
     history = net.fit(

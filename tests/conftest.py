@@ -52,3 +52,15 @@ def write_kaggle(folder: Path, train_images, train_labels, test_images) -> Path:
     train.to_csv(folder / "train.csv", index=False)
     pd.DataFrame(test_images.reshape(len(test_images), -1), columns=PIXELS).to_csv(folder / "test.csv", index=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_dir, tmp_path_factory) -> Path:
+    """A finished small run on the demo dataset (2 folds x 3 epochs), for reports, baselines and OCR."""
+    from src import submit
+
+    root = tmp_path_factory.mktemp("demo_run")
+    argv = ["--data-dir", str(demo_dir), "--preset", "smoke", "--folds", "2", "--epochs", "3",
+            "--runs-dir", str(root / "runs"), "--out", str(root / "subs")]  # fmt: skip
+    assert submit.main(argv) == 0
+    return next((root / "runs").iterdir())

@@ -1,0 +1,58 @@
+"""KerasTuner search: the space's defaults are the untuned model, and its result feeds the main job."""
+
+from __future__ import annotations
+
+import json
+
+import keras_tuner as kt
+import pandas as pd
+import pytest
+
+from src import model, submit, tune
+from src.errors import DigitsError
+
+
+def test_search_space_defaults_are_the_untuned_model():
+    assert tune.search_space(kt.HyperParameters()) == model.validate_hparams({})
+
+
+def test_deep_valid_stacks_switch_to_same_padding():
+    hp = kt.HyperParameters()
+    hp.Fixed("blocks", 3)
+    hp.Fixed("convs_per_block", 3)
+    hparams = tune.search_space(hp)
+    assert hparams["padding"] == "same" and len(hparams["filters"]) == 3
+
+
+def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path, capsys):
+    out = tmp_path / "search"
+    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400",
+            "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
+    assert tune.main(argv) == 0
+    assert "top 5 trials" in capsys.readouterr().out
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 2 and trials.score.between(0, 1).all() and (trials.epochs == 1).all()
+    assert trials.score.is_monotonic_decreasing
+    best = json.loads((out / "best_hparams.json").read_text())
+    assert set(best) == set(model.DEFAULT_HPARAMS)
+
+    # Running the same command again continues the search: nothing new once max-trials is reached.
+    assert tune.main(argv) == 0
+    assert len(pd.read_csv(out / "trials.csv")) == 2
+
+    spec = submit.spec_from_args(submit.parse_args(["--hparams", str(out / "best_hparams.json")]))
+    assert spec.hparams == best and spec.hparams_source.endswith("best_hparams.json")
+
+
+def test_max_minutes_stops_cleanly(demo_dir, tmp_path, capsys):
+    argv = ["--tuner", "random", "--max-trials", "5", "--epochs", "1", "--max-rows", "300", "--max-minutes", "0",
+            "--data-dir", str(demo_dir), "--out", str(tmp_path / "s")]  # fmt: skip
+    assert tune.run_cli(tune.main, argv) == 2
+    assert "no trial finished" in capsys.readouterr().err
+
+
+def test_malformed_hparams_file_is_refused_naming_the_key(tmp_path):
+    bad = tmp_path / "best_hparams.json"
+    bad.write_text(json.dumps({**model.DEFAULT_HPARAMS, "learning_rate": "fast"}))
+    with pytest.raises(DigitsError, match="'learning_rate' = 'fast'"):
+        submit.spec_from_args(submit.parse_args(["--hparams", str(bad)]))
