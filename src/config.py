@@ -56,11 +56,13 @@ PRESETS: dict[str, Preset] = {
         AugmentConfig(),
         {"aug_strength": 0.5},
     ),
-    # The default: a CPU-sized K-fold ensemble in under twenty minutes on two cores.
+    # The default: a CPU-sized K-fold ensemble in about twenty minutes on two cores. A slimmer model
+    # (24-48 filters) trained harder (lr 2e-3, lighter dropout and augmentation) converges in 8 epochs.
     "fast": Preset(
         "fast",
         TrainConfig(folds=3, seeds=(0,), epochs=8, patience=8),
         AugmentConfig(),
+        {"filters": [24, 48], "dropout": 0.25, "learning_rate": 0.002, "batch_size": 128, "aug_strength": 0.75},
     ),
     # The leaderboard run: more folds, seeds and epochs, elastic distortion, TTA. Use a GPU.
     "full": Preset(

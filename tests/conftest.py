@@ -64,3 +64,15 @@ def demo_run(demo_dir, tmp_path_factory) -> Path:
             "--runs-dir", str(root / "runs"), "--out", str(root / "subs")]  # fmt: skip
     assert submit.main(argv) == 0
     return next((root / "runs").iterdir())
+
+
+@pytest.fixture(scope="session")
+def real_model_run(real_dir, tmp_path_factory) -> Path:
+    """Two small CNNs trained on 10,000 real digits (2 folds x 3 epochs): the OCR tests' reader."""
+    from src import submit
+
+    root = tmp_path_factory.mktemp("real_model")
+    argv = ["--data-dir", str(real_dir), "--preset", "smoke", "--max-rows", "10000", "--folds", "2", "--epochs", "3",
+            "--runs-dir", str(root / "runs"), "--out", str(root / "subs")]  # fmt: skip
+    assert submit.main(argv) == 0
+    return next((root / "runs").iterdir())
