@@ -40,7 +40,7 @@ def make_page(
         x, y0 = 60 + int(rng.integers(0, 40)), 90 + li * line_gap
         groups = [int(rng.integers(2, 5)) for _ in range(int(rng.integers(1, 3)))]
         words = []
-        for g, count in enumerate(groups):
+        for count in groups:
             word = ""
             for _ in range(count):
                 image, label = images[used % len(images)], labels[used % len(labels)]
