@@ -99,7 +99,7 @@ def evaluate(make, images, labels, folds: list[train.Fold], test_images) -> dict
         predicted += len(fold.val_index)
     return {
         "cv_accuracy": round(correct / predicted, 5),
-        "train_minutes": round(train_s / 60, 2),
+        "train_minutes": round(train_s / 60, 4),
         "predict_images_per_s": round(predicted / predict_s, 1),
         "test_labels": estimator.predict(test_images),
     }

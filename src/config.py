@@ -46,6 +46,7 @@ class Preset:
     train: TrainConfig
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of model.DEFAULT_HPARAMS
+    hparams_file: str | None = None  # a tuned JSON committed under configs/ (relative to the repository)
 
 
 PRESETS: dict[str, Preset] = {
@@ -67,7 +68,7 @@ PRESETS: dict[str, Preset] = {
     # The leaderboard run: more folds, seeds and epochs, elastic distortion, TTA. Use a GPU.
     "full": Preset(
         "full",
-        TrainConfig(folds=10, seeds=(0, 1, 2), epochs=45, patience=15, tta=True),
+        TrainConfig(folds=10, seeds=(0, 1, 2), epochs=45, patience=15, tta=True, workers=2),
         AugmentConfig(elastic_p=0.2, dropout_p=0.2),
     ),
 }

@@ -28,6 +28,7 @@ from src.config import AugmentConfig, TrainConfig, get_preset, to_dict, with_ove
 from src.errors import DigitsError, run_cli
 
 RUNS_DIR = Path("runs")
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --- the submission file -----------------------------------------------------------------------
@@ -167,6 +168,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     )
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
+    elif preset.hparams_file:
+        hparams, source = model.load_hparams(REPO / preset.hparams_file), preset.hparams_file
     else:
         hparams = model.validate_hparams(preset.hparams, f"preset {preset.name}")
         source = f"preset {preset.name}" if preset.hparams else "defaults"
@@ -195,18 +198,40 @@ def locate_data(data_dir: str | None, runs_dir: Path, log) -> tuple[Path, bool]:
     return data.write_demo(demo), True
 
 
+def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], rows: np.ndarray) -> Path:
+    """Create runs/<stamp>_<preset>/ with the config and train rows that --resume and the reports read."""
+    from src.train import write_json
+
+    run_dir = runs_dir / f"{stamp}_{spec.preset}{'_demo' if source['demo'] else ''}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    config = {"preset": spec.preset, "train": to_dict(spec.train), "augment": to_dict(spec.augment),
+              "hparams": spec.hparams, "hparams_source": spec.hparams_source, "data": source}  # fmt: skip
+    write_json(run_dir / "config.json", config)
+    np.save(run_dir / "train_rows.npy", rows)
+    return run_dir
+
+
+def resumed_data_dir(run_dir: Path, data_dir: str | None) -> str | None:
+    """A resumed run trains on the data it started with, unless --data-dir says otherwise."""
+    saved = json.loads((run_dir / "config.json").read_text())["data"]
+    return data_dir or (saved["folder"] if Path(saved["folder"]).is_dir() else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    run_dir = None
     if args.resume:
         run_dir = Path(args.resume) if Path(args.resume).is_dir() else runs_dir / args.resume
         spec = spec_from_run(run_dir)
+        args.data_dir = resumed_data_dir(run_dir, args.data_dir)
     else:
         spec = spec_from_args(args)
-    log = lambda line: print(line, flush=True)  # noqa: E731
     started = time.perf_counter()
     folder, demo = locate_data(args.data_dir, runs_dir, log)
     dataset = data.load(folder)
+    source = {"folder": str(folder), "demo": demo, "hashes": dataset.hashes}
     log(f"data: {folder} ({len(dataset.train_images)} train, {len(dataset.test_images)} test images)")
 
     import tensorflow as tf
@@ -218,21 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = data.stratified_subsample(dataset.train_labels, spec.train.max_rows or len(dataset.train_labels), 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    if not args.resume:
-        run_dir = runs_dir / f"{stamp}_{spec.preset}{'_demo' if demo else ''}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        train.write_json(
-            run_dir / "config.json",
-            {
-                "preset": spec.preset,
-                "train": to_dict(spec.train),
-                "augment": to_dict(spec.augment),
-                "hparams": spec.hparams,
-                "hparams_source": spec.hparams_source,
-                "data": {"folder": str(folder), "demo": demo, "hashes": dataset.hashes},
-            },
-        )
-        np.save(run_dir / "train_rows.npy", rows)
+    run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(
         f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
         f"{spec.train.epochs} epochs, hparams from {spec.hparams_source}"
@@ -242,53 +253,33 @@ def main(argv: list[str] | None = None) -> int:
     train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, run_dir, log)
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = ensemble.ensemble_run(
-        run_dir, labels, dataset.test_images, images, spec.train.tta_rounds if spec.train.tta else 0, spec.augment, log
-    )
+    tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
+    result = ensemble.ensemble_run(run_dir, labels, dataset.test_images, images, tta_rounds, spec.augment, log)
     predict_seconds = time.perf_counter() - t0
     cv = result["cv_accuracy"]
     log(f"CV accuracy {cv:.5f} over {result['oof_rows']} out-of-fold rows, {result['models']} models")
 
     metadata = {
-        "run": str(run_dir),
-        "preset": spec.preset,
-        "message": args.message,
-        "created": stamp,
-        "cv_accuracy": cv,
-        "test_rows": len(dataset.test_images),
+        "run": str(run_dir), "preset": spec.preset, "message": args.message, "created": stamp,
+        "cv_accuracy": cv, "test_rows": len(dataset.test_images),
         "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
-        "seeds": list(spec.train.seeds),
-        "folds": spec.train.folds,
-        "tta_rounds": result["tta_rounds"],
-        "hparams": spec.hparams,
-        "hparams_source": spec.hparams_source,
-        "train": to_dict(spec.train),
-        "augment": to_dict(spec.augment),
-        "durations_s": {
-            "train": round(train_seconds, 1),
-            "predict": round(predict_seconds, 1),
-            "total": round(time.perf_counter() - started, 1),
-        },
-        "git_commit": git_commit(),
-        "data": {"folder": str(folder), "demo": demo, "hashes": dataset.hashes},
-    }
-    frame = make_submission(result["test_probs"].argmax(1))
-    stem = f"{stamp}_{spec.preset}{'_demo' if demo else ''}_cv{cv:.5f}"
+        "seeds": list(spec.train.seeds), "folds": spec.train.folds, "tta_rounds": tta_rounds,
+        "hparams": spec.hparams, "hparams_source": spec.hparams_source,
+        "train": to_dict(spec.train), "augment": to_dict(spec.augment),
+        "durations_s": {"train": round(train_seconds, 1), "predict": round(predict_seconds, 1),
+                        "total": round(time.perf_counter() - started, 1)},
+        "git_commit": git_commit(), "data": source,
+    }  # fmt: skip
     out_dir = Path(args.out)
-    path = write_submission(frame, len(dataset.test_images), out_dir, unique_stem(out_dir, stem), metadata)
+    stem = unique_stem(out_dir, f"{stamp}_{spec.preset}{'_demo' if demo else ''}_cv{cv:.5f}")
+    path = write_submission(make_submission(result["test_probs"].argmax(1)), len(dataset.test_images), out_dir, stem,
+                            metadata)  # fmt: skip
     (run_dir / "submission_path.txt").write_text(str(path) + "\n")
     registry.append(
-        out_dir / registry.INDEX_NAME,
-        event="written",
-        file=path.name,
-        preset=spec.preset,
-        cv=f"{cv:.5f}",
-        hparams_source=spec.hparams_source,
-        git_commit=metadata["git_commit"],
-        message=args.message,
-    )
-    total = train.format_seconds(time.perf_counter() - started)
-    log(f"wrote {path} (and {out_dir / 'submission.csv'}) in {total}")
+        out_dir / registry.INDEX_NAME, event="written", file=path.name, preset=spec.preset, cv=f"{cv:.5f}",
+        hparams_source=spec.hparams_source, git_commit=metadata["git_commit"], message=args.message,
+    )  # fmt: skip
+    log(f"wrote {path} (and {out_dir / 'submission.csv'}) in {train.format_seconds(time.perf_counter() - started)}")
     return 0
 
 

@@ -109,10 +109,21 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, demo_dir):
 
 def test_smoke_on_a_slice_of_the_real_data(real_slice, tmp_path):
     result = run_submit(
-        "--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "3", "--out", "subs", cwd=tmp_path
+        "--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "6", "--out", "subs", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_cv*.json")).read_text())
     assert meta["data"]["demo"] is False and meta["data"]["hashes"]
-    assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds, 3 epochs
+    assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds of 750, 6 short epochs
     submit.validate_submission(pd.read_csv(tmp_path / "subs" / "submission.csv"), 300)
+
+
+def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
+    from src import config
+
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"dense": 256, "dropout": 0.3}))
+    preset = config.Preset("tuned", config.TrainConfig(), hparams_file=str(tuned))
+    monkeypatch.setitem(config.PRESETS, "tuned", preset)
+    spec = submit.spec_from_args(submit.parse_args(["--preset", "tuned"]))
+    assert spec.hparams["dense"] == 256 and spec.hparams_source == str(tuned)

@@ -39,6 +39,11 @@ def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path,
     # Running the same command again continues the search: nothing new once max-trials is reached.
     assert tune.main(argv) == 0
     assert len(pd.read_csv(out / "trials.csv")) == 2
+    # A larger budget, but no time left: it stops before the next trial and keeps what it found.
+    capsys.readouterr()
+    assert tune.main([*argv[:3], "5", *argv[4:], "--max-minutes", "0"]) == 0
+    assert "--max-minutes 0.0 spent" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "trials.csv")) == 2 and (out / "best_hparams.json").is_file()
 
     spec = submit.spec_from_args(submit.parse_args(["--hparams", str(out / "best_hparams.json")]))
     assert spec.hparams == best and spec.hparams_source.endswith("best_hparams.json")
@@ -56,3 +61,13 @@ def test_malformed_hparams_file_is_refused_naming_the_key(tmp_path):
     bad.write_text(json.dumps({**model.DEFAULT_HPARAMS, "learning_rate": "fast"}))
     with pytest.raises(DigitsError, match="'learning_rate' = 'fast'"):
         submit.spec_from_args(submit.parse_args(["--hparams", str(bad)]))
+
+
+def test_hyperband_sets_the_epochs_of_each_trial(demo_dir, tmp_path):
+    out = tmp_path / "hb"
+    argv = ["--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--cv", "2",
+            "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
+    assert tune.main(argv) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) >= 2 and set(trials.epochs) <= {1, 2}
+    assert model.validate_hparams(json.loads((out / "best_hparams.json").read_text()))
