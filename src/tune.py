@@ -55,6 +55,22 @@ def search_space(hp) -> dict[str, Any]:
     return model.validate_hparams(hparams, "search space")
 
 
+def forward_mmacs(hparams: dict[str, Any]) -> float:
+    """Millions of multiply-accumulates per image in the conv and dense layers: the trial's compute cost."""
+    side, channels, macs = 28, 1, 0
+    for filters in hparams["filters"]:
+        for _ in range(hparams["convs_per_block"]):
+            if hparams["padding"] == "valid":
+                side -= hparams["kernel_size"] - 1
+            macs += side * side * hparams["kernel_size"] ** 2 * channels * filters
+            channels = filters
+        side = -(-side // 2)
+        macs += side * side * hparams["down_kernel_size"] ** 2 * channels * filters
+    features = side * side * channels
+    macs += features * hparams["dense"] + (hparams["dense"] or features) * 10
+    return macs / 1e6
+
+
 class StopSearch(Exception):
     """Raised between trials when --max-minutes is spent: the search ends cleanly, trials so far are kept."""
 
@@ -94,10 +110,20 @@ def tuner_class(name: str):
         def run_trial(self, trial, images, labels, folds, job):
             hp = trial.hyperparameters
             hparams = search_space(hp)
+            trial_dir = Path(self.project_dir) / "trials" / trial.trial_id
+            cost = forward_mmacs(hparams)
+            if job["max_mmacs"] and cost > job["max_mmacs"]:
+                # Scored 0 without training: the oracle learns the region is out of budget.
+                job["log"](
+                    f"[trial {trial.trial_id}] {cost:.0f}M MACs/image > --max-mmacs {job['max_mmacs']:g}: skipped"
+                )
+                record = {"trial": trial.trial_id, "score": 0.0, "epochs": 0, "seconds": 0.0, "hparams": hparams}
+                trial_dir.mkdir(parents=True, exist_ok=True)
+                train.write_json(trial_dir / "result.json", record)
+                return {"val_accuracy": 0.0}
             # Hyperband sets the epochs per bracket through these values; the kit trains from scratch.
             epochs = int(hp.values.get("tuner/epochs", job["epochs"]))
             config = dataclasses.replace(job["train"], epochs=epochs, patience=epochs)
-            trial_dir = Path(self.project_dir) / "trials" / trial.trial_id
             progress = train.Progress(epochs * len(folds), job["log"])
             start = time.perf_counter()
             scores = []
@@ -155,6 +181,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="default", help="search name: output in runs/tuning/<name>/")
     parser.add_argument("--out", help="output folder (default: runs/tuning/<name>/)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-mmacs", type=float, default=45.0,
+                        help="skip models above this many million MACs per image (default 45, 3x the default "
+                             "model; 0: no limit)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="start over instead of continuing")
     return parser.parse_args(argv)
 
@@ -185,22 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tuner = cls(lambda hp: model.build_model(search_space(hp)), max_trials=args.max_trials, **common)
     tuner.budget = TimeBudget(args.max_minutes)
-    job = {"epochs": epochs, "train": preset.train, "augment": preset.augment, "log": print}
+    job = {"epochs": epochs, "train": preset.train, "augment": preset.augment, "log": print,
+           "max_mmacs": args.max_mmacs}  # fmt: skip
     protocol = f"{args.cv}-fold CV" if args.cv else "20% holdout"
     print(f"tuning ({args.tuner}) on {len(labels)} rows, {protocol}, {epochs} epochs per trial, in {out}", flush=True)
     try:
         tuner.search(images, labels, folds, job)
     except StopSearch:
         print(f"--max-minutes {args.max_minutes} spent: stopping; the trials so far are kept", flush=True)
+    except RuntimeError as error:  # KerasTuner gives up after repeated failed trials; their errors are above
+        raise DigitsError(f"the search stopped: {error}") from None
 
     table = trials_table(out)
-    if table.empty:
-        raise DigitsError(f"{out}: no trial finished; give the search more time")
-    table.to_csv(out / "trials.csv", index=False)
+    if not table.empty:
+        table.to_csv(out / "trials.csv", index=False)
+    if table.empty or not (table.epochs > 0).any():
+        skipped = 0 if table.empty else len(table)
+        raise DigitsError(f"{out}: no trial finished ({skipped} over --max-mmacs); give the search more time or budget")
     best = json.loads((out / "search" / "trials" / str(table.trial.iloc[0]) / "result.json").read_text())
     model.validate_hparams(best["hparams"], "best trial")
     train.write_json(out / "best_hparams.json", best["hparams"])
-    print("top 5 trials:")
+    print(f"{len(table)} trials ({(table.epochs == 0).sum()} skipped over the compute budget); top 5:")
     print(table.head(5).to_string(index=False))
     print(f"wrote {out / 'best_hparams.json'} (score {best['score']:.5f}) and {out / 'trials.csv'}; "
           f"use it: python -m src.submit --hparams {out / 'best_hparams.json'}")  # fmt: skip

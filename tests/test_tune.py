@@ -26,10 +26,10 @@ def test_deep_valid_stacks_switch_to_same_padding():
 
 def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path, capsys):
     out = tmp_path / "search"
-    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400",
+    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400", "--max-mmacs", "0",
             "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
     assert tune.main(argv) == 0
-    assert "top 5 trials" in capsys.readouterr().out
+    assert "top 5:" in capsys.readouterr().out
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 2 and trials.score.between(0, 1).all() and (trials.epochs == 1).all()
     assert trials.score.is_monotonic_decreasing
@@ -65,9 +65,18 @@ def test_malformed_hparams_file_is_refused_naming_the_key(tmp_path):
 
 def test_hyperband_sets_the_epochs_of_each_trial(demo_dir, tmp_path):
     out = tmp_path / "hb"
-    argv = ["--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--cv", "2",
+    argv = ["--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--cv", "2", "--max-mmacs", "0",
             "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
     assert tune.main(argv) == 0
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) >= 2 and set(trials.epochs) <= {1, 2}
     assert model.validate_hparams(json.loads((out / "best_hparams.json").read_text()))
+
+
+def test_compute_budget_skips_big_models_without_training(demo_dir, tmp_path, capsys):
+    assert tune.forward_mmacs(model.validate_hparams({})) == pytest.approx(15.16, abs=0.01)
+    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "300", "--max-mmacs", "0.01",
+            "--data-dir", str(demo_dir), "--out", str(tmp_path / "s")]  # fmt: skip
+    assert tune.run_cli(tune.main, argv) == 2
+    assert "no trial finished (2 over --max-mmacs)" in capsys.readouterr().err
+    assert (pd.read_csv(tmp_path / "s" / "trials.csv").epochs == 0).all()
