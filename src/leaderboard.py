@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import registry
+from src import data, registry
 from src.errors import DigitsError, run_cli
 from src.submit import make_submission, read_submission, unique_stem, write_submission
 
@@ -142,19 +142,14 @@ def run_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray, Path] | None:
 
 
 def blend_cv(probs: list, weights: np.ndarray) -> float | None:
-    """CV of the weighted probability average, when every run scored the same train rows."""
+    """CV of the weighted probability average, when every run scored the same train rows and the data is here."""
     rows = [np.load(run / "train_rows.npy") for _, _, run in probs if (run / "train_rows.npy").is_file()]
     if len(rows) != len(probs) or any(not np.array_equal(rows[0], r) for r in rows):
         return None
-    config = json.loads((probs[0][2] / "config.json").read_text())
-    labels = None
-    from src import data
-
-    folder = Path(config["data"]["folder"])
-    if data.has_data(folder):
-        labels = data.load_train(folder)[1][rows[0]]
-    if labels is None:
+    folder = Path(json.loads((probs[0][2] / "config.json").read_text())["data"]["folder"])
+    if not data.has_data(folder):
         return None
+    labels = data.load_train(folder)[1][rows[0]]
     oof = sum(w * p[1] for w, p in zip(weights, probs))
     return float(np.mean(oof.argmax(1) == labels))
 
