@@ -3,8 +3,8 @@
     python -m src.baselines [--preset smoke|fast] [--data-dir D] [--out DIR] [--only NAME ...] [--submit]
 
 Prints and saves (baselines.csv, baselines.md) a table of model, CV accuracy, train minutes and
-predict images/s, next to the kit's ensemble from the latest run. --submit writes each baseline's
-own submission into submissions/.
+predict images/s, next to the kit's ensemble from the latest run. --submit publishes each baseline's
+own submission into submissions/ (and registers it in submissions/index.csv).
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import argparse
 import json
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src import data, train
+from src import data, ensemble, publish, train
 from src.config import get_preset
 from src.errors import DigitsError, run_cli
-from src.submit import locate_data, make_submission, unique_stem, write_submission
 
 
 def svm():
@@ -107,12 +105,13 @@ def evaluate(make, images, labels, folds: list[train.Fold], test_images) -> dict
 
 def kit_row(runs_dir: Path) -> dict | None:
     """The latest kit run's ensemble, for comparison."""
-    finished = sorted(runs_dir.glob("*/cv.json"), key=lambda p: p.stat().st_mtime)
-    if not finished:
+    try:
+        run = ensemble.latest_run(runs_dir)
+    except DigitsError:
         return None
-    cv = json.loads(finished[-1].read_text())
+    cv = json.loads((run / "cv.json").read_text())
     minutes = sum(f["train_seconds"] for f in cv["folds"]) / 60
-    return {"model": f"kit ensemble ({finished[-1].parent.name})", "cv_accuracy": round(cv["cv_accuracy"], 5),
+    return {"model": f"kit ensemble ({run.name})", "cv_accuracy": round(cv["cv_accuracy"], 5),
             "train_minutes": round(minutes, 2), "predict_images_per_s": None}  # fmt: skip
 
 
@@ -131,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these: svm mlp simple_cnn")
     parser.add_argument("--epochs", type=int, help="epochs of the Keras baselines (default: the preset's)")
     parser.add_argument("--max-rows", type=int)
-    parser.add_argument("--submit", action="store_true", help="write each baseline's submission to submissions/")
+    parser.add_argument("--submit", action="store_true", help="publish each baseline's submission (and register it)")
+    parser.add_argument("--submissions", default="submissions", help="where --submit writes (default: submissions/)")
     args = parser.parse_args(argv)
     preset = get_preset(args.preset)
     epochs = args.epochs or preset.train.epochs
@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise DigitsError(f"--only: unknown baseline {sorted(unknown)[0]!r}; choose from {', '.join(chosen)}")
     runs_dir = Path(args.runs_dir)
-    folder, demo = locate_data(args.data_dir, runs_dir, print)
+    folder, demo = data.find_or_demo(args.data_dir, runs_dir / "demo-data")
     dataset = data.load(folder)
     rows = data.stratified_subsample(dataset.train_labels, args.max_rows or preset.train.max_rows or 10**9, 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]
     folds = train.make_folds(labels, preset.train.folds, preset.train.seeds[:1])
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = publish.timestamp()
     out = Path(args.out) if args.out else runs_dir / "baselines" / stamp
     out.mkdir(parents=True, exist_ok=True)
 
@@ -157,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"model": name, **result})
         print(f"[{name}] CV {result['cv_accuracy']:.5f} in {result['train_minutes']:.2f} min", flush=True)
         if args.submit:
-            stem = unique_stem(Path("submissions"), f"{stamp}_baseline-{name}_cv{result['cv_accuracy']:.5f}")
+            stem = f"{stamp}_baseline-{name}_cv{result['cv_accuracy']:.5f}"
             meta = {"baseline": name, "preset": args.preset, "test_rows": len(test_labels), **result}
-            write_submission(make_submission(test_labels), len(test_labels), Path("submissions"), stem, meta)
+            path = publish.publish(test_labels, Path(args.submissions), stem, meta, preset=f"baseline-{name}",
+                                   cv=f"{result['cv_accuracy']:.5f}", message=f"baseline {name}")  # fmt: skip
+            print(f"[{name}] wrote {path}", flush=True)
     kit = kit_row(runs_dir)
     if kit:
         table.append(kit)

@@ -4,7 +4,7 @@
 
 Same model, same batch size, same optimizer; each fit runs two epochs over N images and the second
 epoch is timed (the first pays for tracing). With --json the last line is
-{"plain_fit_images_per_s": ..., "kit_train_images_per_s": ..., "predict_images_per_s": ...}.
+{"plain_fit_images_per_s": ..., "kit_train_images_per_s": ..., "predict_images_per_s": ..., "cpu": ...}.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ def second_epoch_seconds(net, fit_args: dict) -> float:
 
     net.fit(**fit_args, epochs=2, callbacks=[Timer()], verbose=0)
     return times[-1]
+
+
+def cpu_model() -> str:
+    """The CPU's model name: machines of one kind differ by up to 2x, so every figure carries it."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def fresh_model(hparams: dict, steps: int):
@@ -83,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         "plain_fit_images_per_s": round(n / plain, 1),
         "kit_train_images_per_s": round(n / kit, 1),
         "predict_images_per_s": round(len(test) / predict, 1),
+        "cpu": cpu_model(),
     }
     print(f"{'plain model.fit (no augmentation)':<40}{result['plain_fit_images_per_s']:>10.1f} images/s")
     print(f"{'kit pipeline (augmented, tf.data)':<40}{result['kit_train_images_per_s']:>10.1f} images/s")
     print(f"{'predict':<40}{result['predict_images_per_s']:>10.1f} images/s")
-    print(f"kit / plain = {plain / kit:.2f} (best of {args.repeats} alternating runs each)")
+    print(f"kit / plain = {plain / kit:.2f} (best of {args.repeats} alternating runs each) on {result['cpu']}")
     if args.json:
         print(json.dumps(result))
     return 0

@@ -41,6 +41,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ReaderConfig:
+    """The OCR reader (src/reader.py): how it is trained from train.csv."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    copies: int = 2  # pen-and-photo versions of each training digit per epoch (new ones every epoch)
+    reject_fraction: float = 0.15  # share of "not a digit" marks in each epoch
+    heldout: int = 4000  # train.csv rows the reader never sees; the OCR tests build pages from them
+    max_rows: int | None = None  # train on a stratified subsample (quick checks)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     train: TrainConfig

@@ -54,6 +54,18 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return next((Path(c) for c in candidates if c and has_data(Path(c))), None)
 
 
+def find_or_demo(data_dir: str | None, demo_dir: Path, log=print) -> tuple[Path, bool]:
+    """The competition data folder, or a freshly written demo dataset in `demo_dir` (second value True)."""
+    folder = find_data_dir(data_dir)
+    if folder is not None:
+        return folder, False
+    log(
+        f"no competition data found (--data-dir, ${ENV_VAR}, {', '.join(SEARCH_PATHS)}): "
+        f"running on the demo dataset (scikit-learn's 8x8 digits resized to 28x28) in {demo_dir}"
+    )
+    return write_demo(demo_dir), True
+
+
 def read_bytes(folder: Path, stem: str) -> tuple[bytes, str]:
     """The raw bytes of `stem`.csv (plain, gzipped or inside Kaggle's zip) and the name they came from."""
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
@@ -117,6 +129,8 @@ def to_int_array(frame: pd.DataFrame, name: str, low: int, high: int) -> np.ndar
             continue
         numeric = pd.to_numeric(values, errors="coerce")
         bad = numeric.isna() | (numeric != np.round(numeric))
+        if not bad.any():  # whole numbers written as floats (1.0) are fine; the range is checked below
+            continue
         row = int(np.flatnonzero(bad.to_numpy())[0])
         cell = values.iloc[row]
         shown = repr(cell) if isinstance(cell, str) else f"{float(cell):g}"
@@ -127,7 +141,7 @@ def to_int_array(frame: pd.DataFrame, name: str, low: int, high: int) -> np.ndar
     if outside.any():
         row, col = (int(i[0]) for i in np.nonzero(outside))
         raise DigitsError(
-            f"{name}: line {row + 2}, column {frame.columns[col]}: {values[row, col]} is outside {low}-{high}"
+            f"{name}: line {row + 2}, column {frame.columns[col]}: {float(values[row, col]):g} is outside {low}-{high}"
         )
     return values.astype(np.uint8)
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from src import augment
 from src.config import AugmentConfig
+from src.errors import DigitsError
+from src.files import write_atomically
 
 
 def predict_probs(net, images: np.ndarray, tta_rounds: int = 0, aug: AugmentConfig | None = None, seed: int = 0):
@@ -34,6 +36,63 @@ def fold_dirs(run_dir: Path) -> list[Path]:
     return sorted(p.parent for p in run_dir.glob("seed*_fold*/fold.json"))
 
 
+def latest_run(runs_dir: Path) -> Path:
+    """The one "latest run" finder: the run folder under `runs_dir` whose cv.json (its finish marker) is newest."""
+    finished = sorted(p.parent for p in runs_dir.glob("*/cv.json"))
+    if not finished:
+        raise DigitsError(f"{runs_dir}: no finished run (with cv.json); train one: python -m src.submit --preset fast")
+    return max(finished, key=lambda p: (p / "cv.json").stat().st_mtime)
+
+
+def load_model(fold_dir: Path):
+    """The one loader of a fold's trained model."""
+    import keras
+
+    path = fold_dir / "model.keras"
+    if not path.is_file():
+        raise DigitsError(f"{fold_dir}: no model.keras; is the fold finished?")
+    return keras.models.load_model(path)
+
+
+def load_fold_models(run_dir: Path, max_models: int | None = None) -> list:
+    """The finished fold models of a run (at most `max_models`), for reading digits outside a run."""
+    dirs = fold_dirs(run_dir)[:max_models]
+    if not dirs:
+        raise DigitsError(f"{run_dir}: no finished folds (seed*_fold*/fold.json); is it a run folder?")
+    return [load_model(d) for d in dirs]
+
+
+def average_probs(models: list, images: np.ndarray) -> np.ndarray:
+    """float32 [N, 10]: the models' mean probabilities for images uint8 [N, 28, 28]."""
+    if len(images) == 0:
+        return np.zeros((0, 10), np.float32)
+    return np.mean([predict_probs(m, images) for m in models], axis=0).astype(np.float32)
+
+
+def fold_predictions(
+    fold_dir: Path,
+    seed: int,
+    test_images: np.ndarray,
+    train_images: np.ndarray | None,
+    tta_rounds: int,
+    aug: AugmentConfig | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(val_index [V], val probs float32 [V, 10], test probs float32 [M, 10]) of one fold's model.
+
+    Without TTA the validation probabilities saved at training time are used; with TTA they are recomputed
+    (that needs `train_images`) so that the CV score measures what is submitted.
+    """
+    net = load_model(fold_dir)
+    val_index = np.load(fold_dir / "val_index.npy")
+    if tta_rounds and train_images is not None:
+        val_probs = predict_probs(net, train_images[val_index], tta_rounds, aug, seed=seed)
+    else:
+        val_probs = np.load(fold_dir / "val_probs.npy")
+    test_probs = predict_probs(net, test_images, tta_rounds, aug, seed=seed)
+    np.save(fold_dir / "test_probs.npy", test_probs)
+    return val_index, val_probs, test_probs
+
+
 def ensemble_run(
     run_dir: Path,
     train_labels: np.ndarray,
@@ -45,26 +104,16 @@ def ensemble_run(
 ) -> dict[str, Any]:
     """Predict the test set with every finished fold model and average; score the out-of-fold predictions.
 
-    Without TTA the OOF probabilities saved at training time are used; with TTA they are recomputed
-    (that needs `train_images`) so that the CV score measures what is submitted.
+    Writes oof_probs.npy, test_probs.npy and, last, cv.json (the run's finish marker).
     """
-    import keras
-
     dirs = fold_dirs(run_dir)
     if not dirs:
-        raise FileNotFoundError(f"{run_dir}: no finished folds (seed*_fold*/fold.json)")
+        raise DigitsError(f"{run_dir}: no finished folds (seed*_fold*/fold.json)")
     oof_sum = np.zeros((len(train_labels), 10), np.float64)
     oof_count = np.zeros(len(train_labels), np.int64)
     test_sum = np.zeros((len(test_images), 10), np.float64)
     for i, fold_dir in enumerate(dirs, 1):
-        net = keras.models.load_model(fold_dir / "model.keras")
-        val_index = np.load(fold_dir / "val_index.npy")
-        if tta_rounds and train_images is not None:
-            val_probs = predict_probs(net, train_images[val_index], tta_rounds, aug, seed=i)
-        else:
-            val_probs = np.load(fold_dir / "val_probs.npy")
-        test_probs = predict_probs(net, test_images, tta_rounds, aug, seed=i)
-        np.save(fold_dir / "test_probs.npy", test_probs)
+        val_index, val_probs, test_probs = fold_predictions(fold_dir, i, test_images, train_images, tta_rounds, aug)
         oof_sum[val_index] += val_probs
         oof_count[val_index] += 1
         test_sum += test_probs
@@ -73,15 +122,14 @@ def ensemble_run(
     covered = oof_count > 0
     oof = (oof_sum / np.maximum(oof_count, 1)[:, None]).astype(np.float32)
     test = (test_sum / len(dirs)).astype(np.float32)
-    folds = [json.loads((d / "fold.json").read_text()) for d in dirs]
     cv = {
         "cv_accuracy": float(np.mean(oof[covered].argmax(1) == train_labels[covered])),
         "oof_rows": int(covered.sum()),
         "models": len(dirs),
         "tta_rounds": tta_rounds,
-        "folds": folds,
+        "folds": [json.loads((d / "fold.json").read_text()) for d in dirs],
     }
     np.save(run_dir / "oof_probs.npy", oof)
     np.save(run_dir / "test_probs.npy", test)
-    (run_dir / "cv.json").write_text(json.dumps(cv, indent=2) + "\n")
+    write_atomically(run_dir / "cv.json", json.dumps(cv, indent=2) + "\n")  # written last: marks the run finished
     return {"oof_probs": oof, "test_probs": test, **cv}

@@ -2,9 +2,10 @@
 
     python -m src.kernel build [--out kernels/digit-recognizer] [--user NAME] [--preset full]
 
-The script embeds the source of every module the main job needs and imports them from memory, so it
-runs with nothing from this repository: on Kaggle with no arguments (finds /kaggle/input/...,
-writes /kaggle/working/submission.csv, uses the GPU when there is one), elsewhere as
+The script embeds the source of every module the main job needs, writes them as files beside itself
+and imports them (so tracebacks name real files and lines). It runs with nothing from this repository:
+on Kaggle with no arguments (finds /kaggle/input/..., writes /kaggle/working/submission.csv, uses the
+GPU when there is one), elsewhere as
 `python kernel.py --data-dir D --out O --preset smoke`. The committed bundle is generated, never edited:
 tests/test_kernel.py fails when it is stale against src/.
 """
@@ -19,38 +20,40 @@ import sys
 from pathlib import Path
 
 from src.errors import DigitsError, run_cli
+from src.files import write_atomically
 
 SRC = Path(__file__).resolve().parent
-MODULES = ("__init__", "errors", "config", "data", "augment", "model", "train", "ensemble", "registry", "submit")
+MODULES = ("__init__", "errors", "files", "config", "data", "augment", "model", "train", "ensemble", "registry",
+           "publish", "submit")  # fmt: skip
 SCRIPT_NAME = "kernel.py"
 TITLE = "Digit Recognizer: augmented K-fold CNN ensemble"
 
 LOADER = '''
-import importlib.abc
-import importlib.util
 import os
 import sys
+import tempfile
 
 
-class EmbeddedSources(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports the kit's `src.*` modules from SOURCES instead of from files."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name in SOURCES:
-            return importlib.util.spec_from_loader(name, self, is_package=name == "src")
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        module.__file__ = os.path.abspath(__file__)
-        exec(compile(SOURCES[module.__name__], f"<{module.__name__}>", "exec"), module.__dict__)
-
-
-sys.meta_path.insert(0, EmbeddedSources())
+def unpack() -> str:
+    """Write the kit's modules as real files beside this script (or in a temporary folder when that is
+    read-only) and put them on sys.path: a traceback then names the module's file and line."""
+    for base in (os.path.dirname(os.path.abspath(__file__)), tempfile.gettempdir()):
+        root = os.path.join(base, "digits_kit")
+        try:
+            os.makedirs(os.path.join(root, "src"), exist_ok=True)
+            for name, text in SOURCES.items():
+                stem = "__init__" if name == "src" else name.split(".", 1)[1]
+                with open(os.path.join(root, "src", stem + ".py"), "w") as handle:
+                    handle.write(text)
+        except OSError:
+            continue
+        sys.path.insert(0, root)
+        return root
+    raise SystemExit("error: nowhere to write the kit's modules (its folder and the temp folder are read-only)")
 
 
 def main():
+    unpack()
     from src import submit
     from src.errors import run_cli
 
@@ -93,7 +96,7 @@ def render(preset: str) -> str:
     return "\n".join(lines)
 
 
-def metadata(user: str, preset: str) -> dict:
+def metadata(user: str) -> dict:
     slug = "digit-recognizer-kfold-cnn-ensemble"
     return {
         "id": f"{user}/{slug}",
@@ -113,14 +116,18 @@ def metadata(user: str, preset: str) -> dict:
 
 def build(out: Path, user: str, preset: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        (SCRIPT_NAME, render(preset)),
-        ("kernel-metadata.json", json.dumps(metadata(user, preset), indent=2) + "\n"),
-    ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    write_atomically(out / SCRIPT_NAME, render(preset))
+    write_atomically(out / "kernel-metadata.json", json.dumps(metadata(user), indent=2) + "\n")
     return out / SCRIPT_NAME
+
+
+def token_user() -> str | None:
+    """The user name in the Kaggle CLI's token ($KAGGLE_CONFIG_DIR or ~/.kaggle, kaggle.json), as the CLI reads it."""
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    try:
+        return json.loads((folder / "kaggle.json").read_text()).get("username") or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write kernel.py and kernel-metadata.json")
     b.add_argument("--out", default="kernels/digit-recognizer")
-    b.add_argument("--user", help="Kaggle user name (default: $KAGGLE_USERNAME)")
+    b.add_argument("--user", help="Kaggle user name (default: $KAGGLE_USERNAME, then ~/.kaggle/kaggle.json)")
     b.add_argument("--preset", default="full")
     args = parser.parse_args(argv)
-    user = args.user or os.environ.get("KAGGLE_USERNAME")
+    user = args.user or os.environ.get("KAGGLE_USERNAME") or token_user()
     if not user:
-        raise DigitsError("no Kaggle user: pass --user NAME or set KAGGLE_USERNAME")
+        raise DigitsError("no Kaggle user: pass --user NAME, set KAGGLE_USERNAME, or put kaggle.json in ~/.kaggle/")
     from src.config import get_preset
 
     get_preset(args.preset)

@@ -17,10 +17,10 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import pandas as pd
 
 from src import data, registry
 from src.errors import DigitsError, run_cli
-from src.submit import make_submission, read_submission, unique_stem, write_submission
+from src.publish import publish, read_submission, timestamp
 
 COMPETITION = "digit-recognizer"
 KAGGLE_TEST_ROWS = 28_000
@@ -101,13 +101,31 @@ def cmd_submit(folder: Path, name: str, message: str) -> None:
     print(f"submitted {path} as {description!r}")
 
 
+def column_key(name: str) -> str:
+    """fileName, file_name and "File Name" are one column: the CLI's spelling has changed between versions."""
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def scores_table(out: str) -> list[tuple[str, str, str]]:
+    """(file name, public score, private score) per row of `kaggle competitions submissions -v`, columns found by
+    name; a missing column is an error, never a silent empty sync."""
+    reader = csv.DictReader(io.StringIO(out))
+    columns = {column_key(c): c for c in reader.fieldnames or []}
+    wanted = [columns.get(key) for key in ("filename", "publicscore", "privatescore")]
+    if None in wanted:
+        missing = ("fileName", "publicScore", "privateScore")[wanted.index(None)]
+        shown = ", ".join(reader.fieldnames or []) or "none"
+        raise DigitsError(f"kaggle competitions submissions: no {missing} column in its output (columns: {shown}); "
+                          "nothing was recorded")  # fmt: skip
+    name, public, private = wanted
+    return [(row[name] or "", row[public] or "", row[private] or "") for row in reader]
+
+
 def cmd_sync(folder: Path) -> None:
-    out = kaggle("competitions", "submissions", COMPETITION, "-v")
+    rows = scores_table(kaggle("competitions", "submissions", COMPETITION, "-v"))
     known = {r["file"]: r for r in registry.latest(folder / registry.INDEX_NAME)}
     found = 0
-    for row in csv.DictReader(io.StringIO(out)):
-        name = row.get("fileName", "")
-        public, private = row.get("publicScore", ""), row.get("privateScore", "")
+    for name, public, private in rows:
         if name not in known or not public:
             continue
         if known[name].get("public_score") == public and known[name].get("private_score") == private:
@@ -116,7 +134,7 @@ def cmd_sync(folder: Path) -> None:
             folder / registry.INDEX_NAME, event="scored", file=name, public_score=public, private_score=private
         )
         found += 1
-    print(f"recorded {found} new score(s)")
+    print(f"recorded {found} new score(s) from {len(rows)} Kaggle submission(s)")
 
 
 def cmd_diff(folder: Path, a: str, b: str, show_all: bool) -> None:
@@ -177,13 +195,13 @@ def cmd_blend(folder: Path, names: list[str], weights: list[float] | None, messa
         for wi, frame in zip(w, frames):
             votes[np.arange(len(frame)), frame["Label"].to_numpy()] += wi
         labels = votes.argmax(1)  # ties go to the smaller label: deterministic
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = timestamp()
     stem = f"{stamp}_blend{len(paths)}_cv{cv:.5f}" if cv is not None else f"{stamp}_blend{len(paths)}"
     meta = {"blend_of": [p.name for p in paths], "weights": w.tolist(), "method": method, "cv_accuracy": cv,
             "test_rows": len(frames[0]), "message": message, "created": stamp}  # fmt: skip
-    out = write_submission(make_submission(labels), len(frames[0]), folder, unique_stem(folder, stem), meta)
-    registry.append(folder / registry.INDEX_NAME, event="written", file=out.name, preset="blend",
-                    cv="" if cv is None else f"{cv:.5f}", hparams_source="", message=message or method)  # fmt: skip
+    out = publish(
+        labels, folder, stem, meta, preset="blend", cv="" if cv is None else f"{cv:.5f}", message=message or method
+    )
     print(f"wrote {out} ({method}{'' if cv is None else f', CV {cv:.5f}'})")
     return out
 

@@ -19,17 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import data
+from src import data, ensemble
 from src.errors import DigitsError, run_cli
 
 PNGS = ("confusion.png", "roc.png", "learning_curves.png", "mistakes.png", "samples.png")
-
-
-def latest_run(runs_dir: Path) -> Path:
-    finished = sorted(p.parent for p in runs_dir.glob("*/cv.json"))
-    if not finished:
-        raise DigitsError(f"{runs_dir}: no finished run (with cv.json); train one: python -m src.submit --preset fast")
-    return max(finished, key=lambda p: (p / "cv.json").stat().st_mtime)
 
 
 def load_run(run_dir: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
@@ -199,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir) if args.run_dir else latest_run(Path(args.runs_dir))
+    run_dir = Path(args.run_dir) if args.run_dir else ensemble.latest_run(Path(args.runs_dir))
     if not run_dir.is_dir():
         raise DigitsError(f"{run_dir}: no such run folder")
     page = make_report(run_dir, Path(args.out) if args.out else run_dir / "report")

@@ -12,113 +12,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from src import data, model, registry
+from src import data, model, publish
 from src.config import AugmentConfig, TrainConfig, get_preset, to_dict, with_overrides
 from src.errors import DigitsError, run_cli
+from src.files import write_atomically
 
 RUNS_DIR = Path("runs")
 REPO = Path(__file__).resolve().parent.parent
 
 
-# --- the submission file -----------------------------------------------------------------------
-
-
-def make_submission(labels: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"ImageId": np.arange(1, len(labels) + 1), "Label": labels.astype(int)})
-
-
-def validate_submission(frame: pd.DataFrame, n_test: int, name: str = "submission") -> None:
-    """Kaggle's rules: columns ImageId,Label; one row per test image; ImageId 1..N in order; Label 0-9."""
-    if list(frame.columns) != ["ImageId", "Label"]:
-        raise DigitsError(f"{name}: columns must be ImageId,Label, not {','.join(map(str, frame.columns))}")
-    if len(frame) != n_test:
-        raise DigitsError(f"{name}: {len(frame)} rows, but the test set has {n_test}")
-    for column in frame.columns:
-        if not pd.api.types.is_integer_dtype(frame[column]):
-            raise DigitsError(f"{name}: column {column} holds non-integers")
-    wrong_id = np.flatnonzero(frame["ImageId"].to_numpy() != np.arange(1, n_test + 1))
-    if len(wrong_id):
-        raise DigitsError(f"{name}: line {wrong_id[0] + 2}: ImageId must be {wrong_id[0] + 1} (1..N in test.csv order)")
-    bad_label = np.flatnonzero(~frame["Label"].between(0, 9).to_numpy())
-    if len(bad_label):
-        raise DigitsError(f"{name}: line {bad_label[0] + 2}: Label {frame['Label'].iloc[bad_label[0]]} is outside 0-9")
-
-
-def read_submission(path: Path, n_test: int | None = None) -> pd.DataFrame:
-    """Read and validate a submission CSV (n_test: expected rows; None: as many as it has)."""
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise DigitsError(f"{path}: no such file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DigitsError(
-            f"{path}: not a readable CSV ({str(error).splitlines()[0] if str(error) else 'empty'})"
-        ) from None
-    validate_submission(frame, len(frame) if n_test is None else n_test, str(path))
-    return frame
-
-
-def write_new(path: Path, text: str) -> None:
-    """Write `path` atomically and only if it does not exist yet (never overwrite a submission)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    try:
-        os.link(tmp, path)  # atomic, and fails if `path` exists
-    except FileExistsError:
-        raise DigitsError(f"{path}: already exists; refusing to overwrite it") from None
-    finally:
-        tmp.unlink()
-
-
-def replace_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def unique_stem(out_dir: Path, stem: str) -> str:
-    """`stem`, or `stem`_2, _3, ... when a file of that name exists (two runs finishing in the same second)."""
-    candidate, n = stem, 1
-    while (out_dir / f"{candidate}.csv").exists() or (out_dir / f"{candidate}.json").exists():
-        n += 1
-        candidate = f"{stem}_{n}"
-    return candidate
-
-
-def write_submission(frame: pd.DataFrame, n_test: int, out_dir: Path, stem: str, metadata: dict[str, Any]) -> Path:
-    """Validate, then write <stem>.csv and <stem>.json (new files) and update submission.csv."""
-    validate_submission(frame, n_test)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_text = frame.to_csv(index=False)
-    path = out_dir / f"{stem}.csv"
-    write_new(path, csv_text)
-    write_new(out_dir / f"{stem}.json", json.dumps(metadata, indent=2, default=str) + "\n")
-    replace_atomically(out_dir / "submission.csv", csv_text)
-    return path
-
-
-# --- the run -----------------------------------------------------------------------------------
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+# --- the run -------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -176,26 +86,30 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return RunSpec(preset.name, train, preset.augment, hparams, source)
 
 
-def spec_from_run(run_dir: Path) -> RunSpec:
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json, checked: a run folder written by another version or damaged is one clear line."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise DigitsError(f"--resume {run_dir}: no config.json there; is it a run folder under runs/?")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DigitsError(f"{path}: not valid JSON ({error}); the run cannot be resumed") from None
+    keys = ("preset", "train", "augment", "hparams", "hparams_source", "data")
+    missing = [key for key in keys if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        raise DigitsError(f"{path}: no {missing[0]!r}; written by another version? start a new run")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {f.name for f in dataclasses.fields(AugmentConfig)}
+    unknown = sorted((set(saved["train"]) | set(saved["augment"])) - known)
+    if unknown:
+        raise DigitsError(f"{path}: unknown setting {unknown[0]!r}; written by another version? start a new run")
+    return saved
+
+
+def spec_from_run(run_dir: Path) -> RunSpec:
+    saved = saved_config(run_dir)
     train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"])})
     return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), saved["hparams"], saved["hparams_source"])
-
-
-def locate_data(data_dir: str | None, runs_dir: Path, log) -> tuple[Path, bool]:
-    """The competition data folder, or a freshly written demo dataset (second value True)."""
-    folder = data.find_data_dir(data_dir)
-    if folder is not None:
-        return folder, False
-    demo = runs_dir / "demo-data"
-    log(
-        f"no competition data found (--data-dir, ${data.ENV_VAR}, {', '.join(data.SEARCH_PATHS)}): "
-        f"running on the demo dataset (scikit-learn's 8x8 digits resized to 28x28) in {demo}"
-    )
-    return data.write_demo(demo), True
 
 
 def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], rows: np.ndarray) -> Path:
@@ -213,73 +127,75 @@ def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], r
 
 def resumed_data_dir(run_dir: Path, data_dir: str | None) -> str | None:
     """A resumed run trains on the data it started with, unless --data-dir says otherwise."""
-    saved = json.loads((run_dir / "config.json").read_text())["data"]
-    return data_dir or (saved["folder"] if Path(saved["folder"]).is_dir() else None)
+    saved = saved_config(run_dir)["data"]
+    folder = saved.get("folder") if isinstance(saved, dict) else None
+    return data_dir or (folder if folder and Path(folder).is_dir() else None)
+
+
+def resolve_spec(args: argparse.Namespace, runs_dir: Path) -> tuple[RunSpec, Path | None]:
+    """(what to run, the run folder when resuming): from the flags and preset, or from the resumed run."""
+    if not args.resume:
+        return spec_from_args(args), None
+    run_dir = Path(args.resume) if Path(args.resume).is_dir() else runs_dir / args.resume
+    spec = spec_from_run(run_dir)
+    args.data_dir = resumed_data_dir(run_dir, args.data_dir)
+    return spec, run_dir
+
+
+def publish_run(args, spec: RunSpec, run_dir: Path, result: dict[str, Any], stamp: str, source: dict[str, Any],
+                durations: dict[str, float], test_rows: int) -> Path:  # fmt: skip
+    """The run's submission, with everything needed to tell later how it was made."""
+    cv = result["cv_accuracy"]
+    metadata = {
+        "run": str(run_dir), "preset": spec.preset, "message": args.message, "created": stamp,
+        "cv_accuracy": cv, "test_rows": test_rows, "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
+        "seeds": list(spec.train.seeds), "folds": spec.train.folds, "tta_rounds": result["tta_rounds"],
+        "hparams": spec.hparams, "hparams_source": spec.hparams_source,
+        "train": to_dict(spec.train), "augment": to_dict(spec.augment),
+        "durations_s": {k: round(v, 1) for k, v in durations.items()},
+        "git_commit": publish.git_commit(), "data": source,
+    }  # fmt: skip
+    stem = f"{stamp}_{spec.preset}{'_demo' if source['demo'] else ''}_cv{cv:.5f}"
+    path = publish.publish(result["test_probs"].argmax(1), Path(args.out), stem, metadata, preset=spec.preset,
+                           cv=f"{cv:.5f}", hparams_source=spec.hparams_source, git_commit=metadata["git_commit"],
+                           message=args.message)  # fmt: skip
+    write_atomically(run_dir / "submission_path.txt", str(path) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    run_dir = None
-    if args.resume:
-        run_dir = Path(args.resume) if Path(args.resume).is_dir() else runs_dir / args.resume
-        spec = spec_from_run(run_dir)
-        args.data_dir = resumed_data_dir(run_dir, args.data_dir)
-    else:
-        spec = spec_from_args(args)
+    spec, run_dir = resolve_spec(args, runs_dir)
     started = time.perf_counter()
-    folder, demo = locate_data(args.data_dir, runs_dir, log)
+    folder, demo = data.find_or_demo(args.data_dir, runs_dir / "demo-data", log)
     dataset = data.load(folder)
     source = {"folder": str(folder), "demo": demo, "hashes": dataset.hashes}
     log(f"data: {folder} ({len(dataset.train_images)} train, {len(dataset.test_images)} test images)")
 
-    import tensorflow as tf
-
-    if not tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.enable_op_determinism()  # same seed and preset -> same submission on CPU
     from src import ensemble, train
 
+    train.deterministic_on_cpu()
     rows = data.stratified_subsample(dataset.train_labels, spec.train.max_rows or len(dataset.train_labels), 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
-    log(
-        f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams from {spec.hparams_source}"
-    )
+    log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
+        f"{spec.train.epochs} epochs, hparams from {spec.hparams_source}")  # fmt: skip
 
     t0 = time.perf_counter()
     train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, run_dir, log)
-    train_seconds = time.perf_counter() - t0
+    durations = {"train": time.perf_counter() - t0}
     t0 = time.perf_counter()
     tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
     result = ensemble.ensemble_run(run_dir, labels, dataset.test_images, images, tta_rounds, spec.augment, log)
-    predict_seconds = time.perf_counter() - t0
-    cv = result["cv_accuracy"]
-    log(f"CV accuracy {cv:.5f} over {result['oof_rows']} out-of-fold rows, {result['models']} models")
-
-    metadata = {
-        "run": str(run_dir), "preset": spec.preset, "message": args.message, "created": stamp,
-        "cv_accuracy": cv, "test_rows": len(dataset.test_images),
-        "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
-        "seeds": list(spec.train.seeds), "folds": spec.train.folds, "tta_rounds": tta_rounds,
-        "hparams": spec.hparams, "hparams_source": spec.hparams_source,
-        "train": to_dict(spec.train), "augment": to_dict(spec.augment),
-        "durations_s": {"train": round(train_seconds, 1), "predict": round(predict_seconds, 1),
-                        "total": round(time.perf_counter() - started, 1)},
-        "git_commit": git_commit(), "data": source,
-    }  # fmt: skip
-    out_dir = Path(args.out)
-    stem = unique_stem(out_dir, f"{stamp}_{spec.preset}{'_demo' if demo else ''}_cv{cv:.5f}")
-    path = write_submission(make_submission(result["test_probs"].argmax(1)), len(dataset.test_images), out_dir, stem,
-                            metadata)  # fmt: skip
-    (run_dir / "submission_path.txt").write_text(str(path) + "\n")
-    registry.append(
-        out_dir / registry.INDEX_NAME, event="written", file=path.name, preset=spec.preset, cv=f"{cv:.5f}",
-        hparams_source=spec.hparams_source, git_commit=metadata["git_commit"], message=args.message,
-    )  # fmt: skip
-    log(f"wrote {path} (and {out_dir / 'submission.csv'}) in {train.format_seconds(time.perf_counter() - started)}")
+    durations |= {"predict": time.perf_counter() - t0, "total": time.perf_counter() - started}
+    log(
+        f"CV accuracy {result['cv_accuracy']:.5f} over {result['oof_rows']} out-of-fold rows, {result['models']} models"
+    )
+    path = publish_run(args, spec, run_dir, result, stamp, source, durations, len(dataset.test_images))
+    log(f"wrote {path} (and {Path(args.out) / 'submission.csv'}) in {train.format_seconds(durations['total'])}")
     return 0
 
 

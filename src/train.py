@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from src import augment, model
 from src.config import AugmentConfig, TrainConfig
+from src.files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -106,45 +107,17 @@ def train_fold(
     keras.utils.set_random_seed(seed)
     batch_size = hparams["batch_size"]
     steps = augment.steps_per_epoch(len(fold.train_index), batch_size)
-    batches = augment.training_batches(
-        images[fold.train_index],
-        labels[fold.train_index],
-        batch_size,
-        train.epochs,
-        aug,
-        hparams["aug_strength"],
-        seed,
-        train.workers,
-    )
+    batches = augment.training_batches(images[fold.train_index], labels[fold.train_index], batch_size, train.epochs,
+                                       aug, hparams["aug_strength"], seed, train.workers)  # fmt: skip
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     net = model.compile_model(model.build_model(hparams), hparams, steps * train.epochs, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
-    best = out_dir / "best.weights.h5"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True, save_weights_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
-        keras.callbacks.CSVLogger(out_dir / "history.csv"),
-        progress_callback(progress, label, train.epochs),
-        *extra_callbacks,
-    ]
+    callbacks = fold_callbacks(out_dir, train, progress, label, extra_callbacks)
     start = time.perf_counter()
-    history = net.fit(
-        batches,
-        epochs=train.epochs,
-        steps_per_epoch=steps,
-        validation_data=(val_x, val_y),
-        validation_batch_size=512,
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=0,
-    )
+    history = net.fit(batches, epochs=train.epochs, steps_per_epoch=steps, validation_data=(val_x, val_y),
+                      validation_batch_size=512, callbacks=callbacks, shuffle=False, verbose=0)  # fmt: skip
     seconds = time.perf_counter() - start
-    net.load_weights(best)
-    val_probs = net.predict(val_x, batch_size=512, verbose=0).astype(np.float32)
-    net.save(out_dir / "model.keras")
-    best.unlink()
-    np.save(out_dir / "val_index.npy", fold.val_index)
-    np.save(out_dir / "val_probs.npy", val_probs)
+    val_probs = keep_best(net, out_dir, fold, val_x)
     val_acc = history.history["val_accuracy"]
     summary = {
         "seed": fold.seed,
@@ -157,6 +130,33 @@ def train_fold(
     }
     write_json(out_dir / "fold.json", summary)  # written last: its presence marks the fold finished
     return summary
+
+
+def fold_callbacks(out_dir: Path, train: TrainConfig, progress: Progress, label: str, extra: tuple) -> list:
+    """Checkpoint the best epoch, stop early, log history.csv and progress."""
+    import keras
+
+    return [
+        keras.callbacks.ModelCheckpoint(
+            out_dir / "best.weights.h5", monitor="val_accuracy", save_best_only=True, save_weights_only=True
+        ),  # fmt: skip
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
+        keras.callbacks.CSVLogger(out_dir / "history.csv"),
+        progress_callback(progress, label, train.epochs),
+        *extra,
+    ]
+
+
+def keep_best(net, out_dir: Path, fold: Fold, val_x: np.ndarray) -> np.ndarray:
+    """Restore the best epoch's weights, save the model and its validation predictions (float32 [V, 10])."""
+    best = out_dir / "best.weights.h5"
+    net.load_weights(best)
+    val_probs = net.predict(val_x, batch_size=512, verbose=0).astype(np.float32)
+    net.save(out_dir / "model.keras")
+    best.unlink()
+    np.save(out_dir / "val_index.npy", fold.val_index)
+    np.save(out_dir / "val_probs.npy", val_probs)
+    return val_probs
 
 
 def train_folds(
@@ -188,6 +188,12 @@ def train_folds(
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def deterministic_on_cpu() -> None:
+    """Same seed and preset -> same submission on CPU (GPU kernels stay fast and nondeterministic)."""
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()

@@ -24,7 +24,6 @@ import pandas as pd
 from src import data, model, train
 from src.config import get_preset
 from src.errors import DigitsError, run_cli
-from src.submit import locate_data
 
 FILTER_CHOICES = [16, 24, 32, 48, 64, 96, 128]
 
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DigitsError(f"--cv {args.cv}: needs at least 2 folds")
     preset = get_preset(args.preset)
     out = Path(args.out) if args.out else Path("runs") / "tuning" / args.name
-    folder, _ = locate_data(args.data_dir, Path("runs"), print)
+    folder, _ = data.find_or_demo(args.data_dir, Path("runs") / "demo-data")
     dataset = data.load(folder)
     rows = data.stratified_subsample(dataset.train_labels, args.max_rows or preset.train.max_rows or 10**9, 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]

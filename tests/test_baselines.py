@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from src import baselines
+from src import baselines, registry
 
 
 def test_baselines_table_on_a_tiny_slice(demo_dir, demo_run, tmp_path, monkeypatch):
@@ -21,3 +21,6 @@ def test_baselines_table_on_a_tiny_slice(demo_dir, demo_run, tmp_path, monkeypat
     assert "| model | cv_accuracy |" in (tmp_path / "out" / "baselines.md").read_text()
     written = sorted(p.name for p in (tmp_path / "submissions").glob("*_baseline-*.csv"))
     assert [n.split("_baseline-")[1].split("_cv")[0] for n in written] == ["mlp", "simple_cnn", "svm"]
+    registered = registry.latest(tmp_path / "submissions" / registry.INDEX_NAME)
+    assert sorted(r["file"] for r in registered) == written  # every submission is registered
+    assert {r["preset"] for r in registered} == {"baseline-svm", "baseline-mlp", "baseline-simple_cnn"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src import kernel, submit
+from src import kernel, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "kernels" / "digit-recognizer"
@@ -50,5 +50,18 @@ def test_bundled_script_runs_alone_from_a_temporary_folder(tmp_path, real_slice)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[model 2/2 seed 0 fold 2/2] epoch 1/1" in result.stdout
-    submit.validate_submission(pd.read_csv(alone / "out" / "submission.csv"), 300)
+    publish.validate_submission(pd.read_csv(alone / "out" / "submission.csv"), 300)
     assert not (alone / "src").exists()
+    assert (alone / "digits_kit" / "src" / "submit.py").read_text() == (ROOT / "src" / "submit.py").read_text()
+
+
+def test_build_reads_the_user_from_the_kaggle_token(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "conf"))
+    out = tmp_path / "bundle"
+    assert kernel.run_cli(kernel.main, ["build", "--out", str(out)]) == 2
+    assert "no Kaggle user" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "kaggle.json").write_text(json.dumps({"username": "carol", "key": "x"}))
+    assert kernel.main(["build", "--out", str(out)]) == 0
+    assert json.loads((out / "kernel-metadata.json").read_text())["id"].startswith("carol/")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import leaderboard, registry, submit
+from src import leaderboard, publish, registry
 
 CANNED = """fileName,date,description,status,publicScore,privateScore
 first.csv,2026-11-20 10:00:00,try | cv=0.99,complete,0.99171,0.99171
@@ -36,10 +36,7 @@ def fake_kaggle(tmp_path, monkeypatch):
 
 
 def write(folder, name, labels, cv=None, **meta):
-    path = submit.write_submission(submit.make_submission(np.asarray(labels)), len(labels), folder, name,
-                                   {"test_rows": len(labels), **meta})  # fmt: skip
-    registry.append(folder / registry.INDEX_NAME, event="written", file=path.name, preset="fast", cv=cv)
-    return path
+    return publish.publish(np.asarray(labels), folder, name, {"test_rows": len(labels), **meta}, preset="fast", cv=cv)
 
 
 def test_submit_sends_a_valid_file_with_cv_and_records_it(tmp_path, fake_kaggle, capsys):
@@ -111,25 +108,71 @@ def test_blend_by_weighted_majority_vote(tmp_path):
     assert [r["preset"] for r in registry.latest(folder / "index.csv")].count("blend") == 2
 
 
-def test_blend_averages_probabilities_when_the_runs_kept_them(tmp_path, demo_dir):
+def fake_run(folder, demo_dir, name, test_probs, oof):
+    run = folder / name
+    run.mkdir(parents=True)
+    np.save(run / "test_probs.npy", np.asarray(test_probs, np.float32))
+    np.save(run / "oof_probs.npy", oof)
+    np.save(run / "train_rows.npy", np.arange(len(oof)))
+    (run / "config.json").write_text(json.dumps({"data": {"folder": str(demo_dir)}}))
+    return run
+
+
+def test_blend_averages_probabilities_and_scores_the_blend_by_cv(tmp_path, demo_dir):
+    """Run 0 is sure and right on the first quarter of the rows, sure and wrong elsewhere; run 1 is less sure and
+    the other way round. Equal weights follow run 0 (CV 0.25); weights 1:3 follow run 1 (CV 0.75)."""
     from src import data
 
     labels = data.load(demo_dir).train_labels
+    quarter = np.arange(len(labels)) < len(labels) // 4
+    wrong = (labels + 1) % 10
+    oofs = []
+    for sure, right_rows in ((0.9, quarter), (0.6, ~quarter)):
+        oof = np.full((len(labels), 10), (1 - sure) / 9, np.float32)
+        pick = np.where(right_rows, labels, wrong)
+        oof[np.arange(len(labels)), pick] = sure
+        oofs.append(oof)
+    tests = [[[0.6, 0.4] + [0] * 8, [0.1, 0.9] + [0] * 8], [[0.3, 0.7] + [0] * 8, [0.2, 0.8] + [0] * 8]]
     folder = tmp_path / "subs"
-    paths = []
-    for i, (test, right) in enumerate([([[0.6, 0.4], [0.1, 0.9]], 0.7), ([[0.3, 0.7], [0.2, 0.8]], 0.9)]):
-        run = tmp_path / f"run{i}"
-        run.mkdir()
-        test_probs = np.zeros((2, 10), np.float32)
-        test_probs[:, :2] = test
-        oof = np.full((len(labels), 10), (1 - right) / 9, np.float32)
-        oof[np.arange(len(labels)), labels] = right
-        np.save(run / "test_probs.npy", test_probs)
-        np.save(run / "oof_probs.npy", oof)
-        np.save(run / "train_rows.npy", np.arange(len(labels)))
-        (run / "config.json").write_text(json.dumps({"data": {"folder": str(demo_dir)}}))
-        paths.append(write(folder, f"p{i}", test_probs.argmax(1), run=str(run)))
+    paths = [write(folder, f"p{i}", np.argmax(t, 1), run=str(fake_run(tmp_path, demo_dir, f"run{i}", t, o)))
+             for i, (t, o) in enumerate(zip(tests, oofs))]  # fmt: skip
     out = leaderboard.cmd_blend(folder, [p.name for p in paths], None, "")
     assert pd.read_csv(out)["Label"].tolist() == [1, 1]  # (0.6+0.3)/2 < (0.4+0.7)/2
-    assert "_cv1.00000" in out.name
-    assert json.loads(out.with_suffix(".json").read_text())["method"] == "averaged probabilities"
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["method"] == "averaged probabilities"
+    assert meta["cv_accuracy"] == pytest.approx(quarter.mean())
+    weighted = leaderboard.cmd_blend(folder, [p.name for p in paths], [1, 3], "")
+    assert json.loads(weighted.with_suffix(".json").read_text())["cv_accuracy"] == pytest.approx(1 - quarter.mean())
+    assert pd.read_csv(weighted)["Label"].tolist() == [1, 1]
+
+
+def test_diff_of_files_of_different_lengths_is_an_error(tmp_path, capsys):
+    folder = tmp_path / "subs"
+    write(folder, "a", [1, 2, 3, 4])
+    write(folder, "b", [1, 2, 3])
+    assert leaderboard.run_cli(leaderboard.main, ["--dir", str(folder), "diff", "a.csv", "b.csv"]) == 2
+    assert "a.csv has 4 rows, b.csv has 3" in capsys.readouterr().err
+
+
+def test_kaggle_failing_is_one_line_and_records_nothing(tmp_path, fake_kaggle, capsys):
+    folder = tmp_path / "subs"
+    write(folder, "first", [1, 2, 3], cv="0.99")
+    script = fake_kaggle.parent / "bin" / "kaggle"
+    script.write_text('#!/bin/sh\necho "403 - Forbidden: accept the competition rules first" >&2\nexit 1\n')
+    assert leaderboard.run_cli(leaderboard.main, ["--dir", str(folder), "submit", "first.csv", "-m", "x"]) == 2
+    assert "kaggle competitions submit failed: 403 - Forbidden" in capsys.readouterr().err
+    assert [r["event"] for r in registry.read(folder / "index.csv")] == ["written"]
+
+
+def test_sync_finds_columns_by_name_and_fails_loudly_without_them(tmp_path, fake_kaggle, capsys):
+    folder = tmp_path / "subs"
+    write(folder, "first", [1, 2, 3], cv="0.99")
+    script = fake_kaggle.parent / "bin" / "kaggle"
+    renamed = "date,File Name,Private Score,Public Score\n2026-11-20,first.csv,0.9901,0.9917\n"
+    script.write_text(f'#!/bin/sh\ncat <<"EOF"\n{renamed}EOF\n')
+    assert leaderboard.main(["--dir", str(folder), "sync"]) == 0
+    [entry] = registry.latest(folder / "index.csv")
+    assert entry["public_score"] == "0.9917" and entry["private_score"] == "0.9901"
+    script.write_text('#!/bin/sh\nprintf "fileName,date,status\\nfirst.csv,2026-11-20,complete\\n"\n')
+    assert leaderboard.run_cli(leaderboard.main, ["--dir", str(folder), "sync"]) == 2
+    assert "no publicScore column" in capsys.readouterr().err

@@ -1,97 +1,227 @@
-"""OCR of synthetic pages built from real train.csv digits the reader never trained on, with known text."""
+"""OCR with the committed reader, on synthetic pages built from train.csv digits it never trained on.
+
+Each kind of page a real user sends gets a test: a phone photo with a hand's shadow, a photo on a PDF
+page with a white margin, a sheet on a table, columns of strings, slanted and curved strings, specks and
+dashes, touching digits, turned pages. The real phone photos in ../shared/ocr-photos are the yardstick.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from ocr_pages import make_page
+from ocr_pages import make_page, on_margin, on_table
 from PIL import Image
 
-from src import data, ocr
-from src.errors import DigitsError
+from src import data, export, ocr, page, reader, recognize
+from src.errors import DigitsError, run_cli
 
 
 @pytest.fixture(scope="module")
-def unseen(real_dir, real_model_run):
-    """Real digits that the reader's models did not train on."""
+def unseen(real_dir):
+    """Real digits that the committed reader did not train on (its held-out rows)."""
     images, labels, _, _ = data.load_train(real_dir)
-    used = np.zeros(len(labels), bool)
-    used[np.load(real_model_run / "train_rows.npy")] = True
-    return images[~used], labels[~used]
+    rows = reader.heldout_rows(labels, reader.ReaderConfig().heldout)
+    return images[rows], labels[rows]
 
 
 @pytest.fixture(scope="module")
-def reader(real_model_run):
-    return ocr.Ensemble(real_model_run)
+def classify():
+    return reader.Reader.load()
 
 
 PAGES = {
-    "clean": {},
-    "phone photo: shadow, yellow paper, blue ink, noise": dict(
-        paper=(245, 230, 150), ink=(35, 45, 170), shadow=True, noise=6
-    ),
-    "skewed scan with specks and a ruled line": dict(skew_deg=2.5, specks=40, ruled=True, noise=4),
-    "tight spacing, some digits touching": dict(spacing=(-0.06, 0.08)),
+    "clean": dict(),
+    "phone photo: grey paper, soft shadow, noise, JPEG": dict(paper=(200, 195, 185), shadow=True, noise=5, jpeg=70),
+    "a hand's hard shadow": dict(paper=(190, 188, 180), hard_shadow=True, noise=4, jpeg=75),
+    "blue ink on yellow paper": dict(paper=(245, 230, 150), ink=(35, 45, 170), noise=5),
+    "specks, dashes, smudges and a ruled line": dict(specks=60, dashes=12, ruled=True, noise=4),
+    "slanted strings": dict(slope=0.12, lines=3),
+    "curved strings": dict(curve=0.015, lines=3),
+    "skewed scan": dict(skew_deg=2.5, noise=3),
 }
 
 
-@pytest.mark.parametrize("name", PAGES)
-def test_reads_synthetic_pages(name, unseen, reader):
-    rng = np.random.default_rng(list(PAGES).index(name))
-    start = int(rng.integers(0, 2000))
-    page, texts = make_page(unseen[0][start:], unseen[1][start:], rng, lines=5, **PAGES[name])
-    rotation, lines = ocr.read_page(page, reader)
-    got = [line.text for line in lines]
+def page_of(kind: str, unseen, seed: int, **extra):
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(0, 3000))
+    return make_page(unseen[0][start:], unseen[1][start:], rng, **{**PAGES.get(kind, {}), **extra})
+
+
+def read_texts(rgb, classify) -> tuple[int, list[str]]:
+    result = recognize.read_page(rgb, classify)
+    return result.rotation, [line.text for line in result.lines]
+
+
+def errors(got: list[str], want: list[str]) -> int:
+    """Digits wrong, missing or extra (edit distance). The reader gets about 98% of pen digits right, and some
+    train.csv digits are unreadable once redrawn with a pen: a page of 10-30 digits may have one error."""
+    return ocr.digit_errors(got, want)[0]
+
+
+@pytest.mark.parametrize("kind", PAGES)
+def test_reads_each_kind_of_page_line_by_line(kind, unseen, classify):
+    rgb, texts = page_of(kind, unseen, seed=list(PAGES).index(kind))
+    rotation, got = read_texts(rgb, classify)
     assert rotation == 0
-    accuracy = ocr.line_accuracy(got, texts)
-    assert accuracy >= (0.85 if "touching" in name else 0.9), (texts, got)  # the test reader is ~97% per digit
-    assert len(got) == len(texts)
-    if "touching" not in name:
-        assert [t.count(" ") for t in got] == [t.count(" ") for t in texts]  # groups found
+    assert errors(got, texts) <= 1, (texts, got)
+    assert len(got) == len(texts), (texts, got)  # a slanted or curved string stays one line
+    assert [t.count(" ") for t in got] == [t.count(" ") for t in texts], (texts, got)  # groups found
+
+
+def test_touching_digits_are_split(unseen, classify):
+    rgb, texts = page_of("touching", unseen, seed=30, spacing=(-0.1, 0.02))
+    _, got = read_texts(rgb, classify)
+    assert errors(got, texts) <= 2, (texts, got)
+
+
+@pytest.mark.parametrize("columns", [2, 3])
+def test_strings_side_by_side_are_separate_lines_in_reading_order(columns, unseen, classify):
+    rgb, texts = page_of("columns", unseen, seed=40 + columns, columns=columns, lines=4)
+    result = recognize.read_page(rgb, classify)
+    got = [line.text for line in result.lines]
+    assert len(got) == len(texts), (texts, got)  # never merged across a column
+    assert errors(got, texts) <= 1, (texts, got)
+    assert [line.block for line in result.lines] == list(range(columns)) * 4  # row by row, left to right
+
+
+def test_a_photo_on_a_pdf_page_with_a_white_margin(unseen, classify, tmp_path):
+    rgb, texts = page_of("phone photo: grey paper, soft shadow, noise, JPEG", unseen, seed=50)
+    pdf = tmp_path / "scan.pdf"
+    Image.fromarray(on_margin(rgb)).save(pdf, resolution=150)
+    [scanned] = page.read_pages(pdf)
+    _, got = read_texts(scanned, classify)
+    assert errors(got, texts) <= 1, (texts, got)  # the paper's edge is no ink
+    assert len(got) == len(texts), (texts, got)
+
+
+def test_a_sheet_on_a_wooden_table(unseen, classify):
+    rgb, texts = page_of("clean", unseen, seed=60)
+    _, got = read_texts(on_table(rgb, np.random.default_rng(60)), classify)
+    assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
 
 
 @pytest.mark.parametrize("turn", [1, 2, 3])
-def test_finds_the_orientation_of_sideways_and_upside_down_pages(turn, unseen, reader):
-    rng = np.random.default_rng(10 + turn)
-    page, texts = make_page(unseen[0][3000:], unseen[1][3000:], rng, lines=4)
-    turned = np.rot90(page, k=turn).copy()  # counter-clockwise by 90 * turn degrees
-    rotation, lines = ocr.read_page(turned, reader)
-    assert rotation == 90 * turn  # the clockwise turn that sets it upright
-    assert ocr.line_accuracy([line.text for line in lines], texts) >= 0.9
-    # Boxes are reported on the page as given: inside its bounds.
-    h, w = np.rot90(page, k=turn).shape[:2]
-    assert all(0 <= d.box[0] and d.box[0] + d.box[2] <= w + 1 and d.box[1] + d.box[3] <= h + 1
-               for line in lines for d in line.digits)  # fmt: skip
+def test_finds_the_orientation_of_sideways_and_upside_down_pages(turn, unseen, classify):
+    rgb, texts = page_of("clean", unseen, seed=70 + turn)
+    turned = np.rot90(rgb, k=turn).copy()  # counter-clockwise by 90 * turn degrees
+    result = recognize.read_page(turned, classify)
+    assert result.rotation == 90 * turn  # the clockwise turn that sets it upright
+    assert errors([line.text for line in result.lines], texts) <= 1
+    # Boxes are on the page as given: each is the upright reading's box, turned with the page.
+    upright = recognize.read_page(rgb, classify).lines
+    for line_turned, line_upright in zip(result.lines, upright):
+        for d_turned, d_upright in zip(line_turned.digits, line_upright.digits):
+            want = rotated_box(d_upright.box, rgb.shape, turn)
+            assert np.abs(np.subtract(d_turned.box, want)).max() <= 3, (d_turned.box, want)
 
 
-def test_cli_reads_a_two_page_pdf_and_a_jpeg_with_json_and_annotation(unseen, real_model_run, tmp_path, capsys):
-    rng = np.random.default_rng(20)
-    pages, texts = zip(*(make_page(unseen[0][4000 + 60 * i :], unseen[1][4000 + 60 * i :], rng, lines=3)
-                         for i in range(2)))  # fmt: skip
+def rotated_box(box, shape, turn: int):
+    """The box (x, y, w, h) on a page of `shape` after np.rot90(page, k=turn)."""
+    x, y, w, h = box
+    height, width = shape[:2]
+    for _ in range(turn):
+        x, y, w, h = y, width - x - w, h, w
+        height, width = width, height
+    return x, y, w, h
+
+
+def test_reader_in_numpy_matches_keras():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = reader.build_keras()
+    digits = np.random.default_rng(3).integers(0, 256, (8, 28, 28)).astype(np.uint8)
+    want = model.predict(digits[..., None], verbose=0)
+    got = reader.Reader(reader.keras_weights(model))(digits)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_committed_reader_tells_digits_from_marks(unseen, classify):
+    rng = np.random.default_rng(5)
+    images, labels = unseen[0][:600], unseen[1][:600]
+    marks = np.stack([reader.augmented_mark(images, rng) for _ in range(300)])
+    pen = np.stack([reader.augmented_digit(images, i, rng) for i in range(len(images))])
+    assert np.mean(classify(images)[:, :10].argmax(1) == labels) >= 0.985  # clean held-out digits
+    assert np.mean(classify(pen).argmax(1) == labels) >= 0.95  # drawn with a pen, photographed
+    assert np.mean(classify(marks).argmax(1) == reader.NOT_A_DIGIT) >= 0.9  # specks, dashes, fragments
+
+
+PHOTOS = os.environ.get("DIGITS_OCR_PHOTOS")
+
+
+@pytest.mark.skipif(not PHOTOS, reason="DIGITS_OCR_PHOTOS is not set: no real photos for this test")
+def test_real_phone_photos(classify, capsys):
+    result = ocr.evaluate(Path(PHOTOS), classify)
+    assert result["digits"] >= 40
+    assert result["accuracy"] >= 0.95, result  # measured: see the README
+    assert ocr.main(["--eval", PHOTOS]) == 0
+    assert "all" in capsys.readouterr().out
+
+
+def test_cli_pdf_in_json_annotated_and_searchable_pdf_out(unseen, tmp_path, capsys):
+    pages, texts = zip(*(page_of("clean", unseen, seed=80 + i, lines=3) for i in range(2)))
     pdf = tmp_path / "two.pdf"
-    Image.fromarray(pages[0]).save(pdf, save_all=True, append_images=[Image.fromarray(pages[1])], resolution=150)
-    jpeg = tmp_path / "photo.jpg"
-    Image.fromarray(pages[0]).save(jpeg, quality=85)
-    argv = [str(pdf), "--model", str(real_model_run), "--json", "--annotate", str(tmp_path / "seen.png")]
-    assert ocr.main(argv) == 0
+    Image.fromarray(on_margin(pages[0])).save(pdf, save_all=True, append_images=[Image.fromarray(pages[1])],
+                                              resolution=150)  # fmt: skip
+    out_pdf, seen = tmp_path / "digits.pdf", tmp_path / "seen.png"
+    assert ocr.main([str(pdf), "--json", "--annotate", str(seen), "--pdf", str(out_pdf)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["file"] == str(pdf) and [p["page"] for p in result["pages"]] == [1, 2]
-    for page, want in zip(result["pages"], texts):
-        assert ocr.line_accuracy([line["text"] for line in page["lines"]], list(want)) >= 0.9
-        digit = page["lines"][0]["digits"][0]
-        assert set(digit) == {"digit", "confidence", "box"} and 0 <= digit["confidence"] <= 1
-    assert (tmp_path / "seen.png").stat().st_size > 10_000 and (tmp_path / "seen_2.png").is_file()
-    assert ocr.main([str(jpeg), "--model", str(real_model_run)]) == 0
-    printed = capsys.readouterr().out.splitlines()
-    assert ocr.line_accuracy(printed, list(texts[0])) >= 0.9
+    for page_json, want in zip(result["pages"], texts):
+        got = [line["text"] for line in page_json["lines"]]
+        assert errors(got, list(want)) <= 1, (want, got)
+        line = page_json["lines"][0]
+        assert set(line) == {"text", "block", "digits"} and line["block"] == 0
+        assert set(line["digits"][0]) == {"digit", "confidence", "box"} and 0 <= line["digits"][0]["confidence"] <= 1
+    assert (tmp_path / "seen_2.png").is_file()
+    drawn = np.asarray(Image.open(seen).convert("RGB")).astype(int)
+    assert ((drawn[..., 1] > 150) & (drawn[..., 0] < 60) & (drawn[..., 2] < 60)).sum() > 500  # green boxes
+    import pypdfium2 as pdfium
+
+    searchable = pdfium.PdfDocument(str(out_pdf))
+    assert len(searchable) == 2
+    for number, page_json in enumerate(result["pages"]):
+        extracted = searchable[number].get_textpage().get_text_range()
+        assert "".join(extracted.split()) == "".join(line["text"] for line in page_json["lines"]).replace(" ", "")
+
+
+def test_searchable_pdf_puts_each_digit_in_its_box(tmp_path):
+    line = recognize.Line([recognize.Digit(4, 0.99, (100, 50, 40, 60)), recognize.Digit(2, 0.98, (300, 200, 40, 60))])
+    rgb = np.full((400, 600, 3), 255, np.uint8)
+    path = tmp_path / "p.pdf"
+    path.write_bytes(export.searchable_pdf([export.pdf_page(rgb, [line])]))
+    import pypdfium2 as pdfium
+
+    text = pdfium.PdfDocument(str(path))[0].get_textpage()
+    pt = 72 / export.PDF_DPI
+    height = 400 * pt
+    for x, y, w, h in [(100, 50, 40, 60), (300, 200, 40, 60)]:
+        left, bottom, right, top = text.get_charbox(
+            text.get_index(x * pt + w * pt / 2, height - (y + h / 2) * pt, 5, 5)
+        )
+        assert abs(left - x * pt) < 2 and abs(right - (x + w) * pt) < 2  # the digit's glyph covers its box
+        assert abs(top - (height - y * pt)) < 2 and abs(bottom - (height - (y + h) * pt)) < 2
+
+
+def test_read_with_a_runs_fold_models(demo_run, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (400, 300), (240, 240, 230)).save(blank)
+    assert ocr.main([str(blank), "--model", str(demo_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pages"][0]["lines"] == []
+    classify = ocr.load_classifier(demo_run)
+    probs = recognize.with_reject_column(classify(np.zeros((3, 28, 28), np.uint8)))
+    assert probs.shape == (3, 11) and np.allclose(probs[:, :10].sum(1), 1, atol=1e-4)
 
 
 def test_mnist_normalisation_matches_the_training_digits():
     stroke = np.zeros((200, 120), np.float32)
     stroke[20:180, 50:70] = 1.0  # a thick "1", 160 pixels tall
-    digit = ocr.normalize_digit(stroke)
+    digit = reader.normalize_digit(stroke)
     rows = np.flatnonzero(digit.max(1) > 0)
     assert rows[-1] - rows[0] + 1 in (20, 21, 22)  # fits the 20-pixel box (plus anti-aliasing)
     ys, xs = np.indices(digit.shape)
@@ -100,33 +230,92 @@ def test_mnist_normalisation_matches_the_training_digits():
     assert 1 <= (digit[14] > 127).sum() <= 5  # MNIST-like stroke width, not a 20-pixel slab
 
 
-def test_bad_input_is_a_clear_error_or_empty(tmp_path, real_model_run, capsys):
-    text = tmp_path / "notes.txt"
-    text.write_text("not an image")
-    with pytest.raises(DigitsError, match="notes.txt: not an image"):
-        ocr.read_pages(text)
-    corrupt = tmp_path / "broken.pdf"
-    corrupt.write_bytes(b"%PDF-1.4\n garbage")
-    with pytest.raises(DigitsError, match="broken.pdf: not a readable PDF"):
-        ocr.read_pages(corrupt)
+def encrypted_pdf() -> bytes:
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] >>",
+               b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >>" % (b"11" * 32, b"22" * 32)]  # fmt: skip
+    return export.pdf_file(objects).replace(b"/Root 1 0 R >>", b"/Root 1 0 R /Encrypt 4 0 R /ID [<00> <00>] >>")
+
+
+BAD_FILES = {
+    "empty.jpg": (b"", "empty.jpg: empty file"),
+    "notes.txt": (b"not an image", "notes.txt: not an image"),
+    "broken.pdf": (b"%PDF-1.4\n garbage", "broken.pdf: not a readable PDF"),
+    "locked.pdf": (encrypted_pdf(), "locked.pdf: not a readable PDF (it is encrypted"),
+    "cut.png": (None, "cut.png: cannot be read as an image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_files_are_one_line_errors(name, tmp_path, capsys):
+    content, message = BAD_FILES[name]
+    path = tmp_path / name
+    if content is None:  # a PNG cut short in the middle of its pixels
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)).save(path)
+        content = path.read_bytes()[:2000]
+    path.write_bytes(content)
+    out = tmp_path / "out.pdf"
+    assert run_cli(ocr.main, [str(path), "--pdf", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # nothing half-written
+
+
+def test_odd_but_valid_pages_give_a_result(tmp_path, capsys):
+    tiny, blank = tmp_path / "dot.png", tmp_path / "blank.bmp"
+    Image.new("RGB", (1, 1), (0, 0, 0)).save(tiny)
+    Image.new("RGB", (800, 600), (240, 240, 230)).save(blank)
+    assert ocr.main([str(tiny), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pages"] == [{"page": 1, "rotation": 0, "lines": []}]
+    assert ocr.main([str(blank)]) == 0 and capsys.readouterr().out == ""
     huge = tmp_path / "huge.png"
     Image.new("L", (10_000, 9_000), 255).save(huge)
     with pytest.raises(DigitsError, match="huge.png: 10000x9000 is too large"):
-        ocr.read_pages(huge)
-    blank = tmp_path / "blank.png"
-    Image.new("RGB", (800, 600), (240, 240, 230)).save(blank)
-    assert ocr.main([str(blank), "--model", str(real_model_run), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["pages"] == [{"page": 1, "rotation": 0, "lines": []}]
-    assert ocr.run_cli(ocr.main, [str(tmp_path / "missing.jpg")]) == 2
+        page.read_pages(huge)
+    assert run_cli(ocr.main, [str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg: no such file" in capsys.readouterr().err
 
 
-def test_no_model_says_how_to_train_one(tmp_path):
-    with pytest.raises(DigitsError, match="python -m src.submit --preset fast"):
-        ocr.find_model(tmp_path)
+def test_a_long_pdf_shows_progress_per_page(tmp_path, capsys):
+    blank = np.full((120, 90, 3), 250, np.uint8)
+    path = tmp_path / "long.pdf"
+    path.write_bytes(export.searchable_pdf([export.pdf_page(blank, [])] * 200))
+    assert ocr.main([str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["pages"]) == 200
+    assert "page 200/200" in captured.err
 
 
-def test_line_accuracy_is_edit_distance_per_line():
+def test_large_photos_exif_orientation_and_multipage_tiff(unseen, classify, tmp_path):
+    rgb, texts = page_of("clean", unseen, seed=90, lines=3)
+    big = cv2.resize(rgb, None, fx=3.2, fy=3.2, interpolation=cv2.INTER_CUBIC)  # 2880 x 3840: a 12 MP photo
+    path = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; a viewer turns it 90 degrees clockwise to show it
+    Image.fromarray(np.rot90(big, k=1).copy()).save(path, quality=90, exif=exif)
+    [shown] = page.read_pages(path)
+    assert shown.shape[1] > shown.shape[0]  # turned back to landscape, as a viewer shows it
+    rotation, got = read_texts(shown, classify)
+    assert rotation == 0 and errors(got, texts) <= 1, (texts, got)
+    tiff = tmp_path / "two.tif"
+    Image.fromarray(rgb).save(tiff, save_all=True, append_images=[Image.fromarray(rgb[::-1, ::-1].copy())])
+    pages = page.read_pages(tiff)
+    assert len(pages) == 2 and recognize.read_page(pages[1], classify).rotation == 180
+
+
+def test_eval_scores_by_edit_distance_per_page(tmp_path, unseen):
+    rgb, texts = page_of("clean", unseen, seed=95, lines=2)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    (tmp_path / "truth.json").write_text(json.dumps({"lines": {"a.png": texts}}))
+    result = ocr.evaluate(tmp_path, reader.Reader.load())
+    assert result["digits"] == len("".join(texts).replace(" ", "")) and result["errors"] <= 1
+    (tmp_path / "truth.json").write_text("{}")
+    with pytest.raises(DigitsError, match="truth.json"):
+        ocr.evaluate(tmp_path, reader.Reader.load())
+
+
+def test_line_accuracy_is_edit_distance_ignoring_whitespace():
     assert ocr.line_accuracy(["12 34", "56"], ["12 34", "56"]) == 1.0
     assert ocr.line_accuracy(["1284"], ["1234"]) == 0.75
     assert ocr.line_accuracy(["12"], ["12", "34"]) == 0.5
+    assert ocr.line_accuracy(["1 2", "3"], ["123"]) == 1.0

@@ -3,56 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pytest
 
-from src import submit
-from src.errors import DigitsError
+from src import publish, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def submit_env() -> dict[str, str]:
+    """No competition data for the subprocess: it runs on the demo dataset."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "DIGITS_DATA_DIR": ""}
+
+
 def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "src.submit", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "DIGITS_DATA_DIR": ""},
-    )
-
-
-def test_validator_accepts_a_good_submission_and_names_what_is_wrong():
-    good = submit.make_submission(np.array([3, 1, 4]))
-    submit.validate_submission(good, 3)
-    with pytest.raises(DigitsError, match="3 rows, but the test set has 4"):
-        submit.validate_submission(good, 4)
-    with pytest.raises(DigitsError, match="line 3: ImageId must be 2"):
-        submit.validate_submission(good.assign(ImageId=[1, 3, 2]), 3)
-    with pytest.raises(DigitsError, match="line 4: Label 10 is outside 0-9"):
-        submit.validate_submission(good.assign(Label=[1, 2, 10]), 3)
-    with pytest.raises(DigitsError, match="columns must be ImageId,Label"):
-        submit.validate_submission(good.rename(columns={"Label": "label"}), 3)
-
-
-def test_write_submission_is_atomic_and_never_overwrites(tmp_path):
-    frame = submit.make_submission(np.arange(10) % 10)
-    path = submit.write_submission(frame, 10, tmp_path, "first", {"cv": 0.5})
-    assert pd.read_csv(path).equals(frame)
-    assert (tmp_path / "submission.csv").read_text() == path.read_text()
-    assert json.loads((tmp_path / "first.json").read_text()) == {"cv": 0.5}
-    with pytest.raises(DigitsError, match="first.csv: already exists; refusing to overwrite"):
-        submit.write_submission(submit.make_submission(np.zeros(10, int)), 10, tmp_path, "first", {})
-    assert pd.read_csv(path).equals(frame)  # untouched
-    with pytest.raises(DigitsError, match="rows"):  # invalid: nothing is written at all
-        submit.write_submission(frame, 11, tmp_path, "second", {})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.csv", "first.json", "submission.csv"]
+    return subprocess.run([sys.executable, "-m", "src.submit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=submit_env())  # fmt: skip
 
 
 def test_demo_run_end_to_end_is_reproducible(tmp_path):
@@ -68,7 +39,7 @@ def test_demo_run_end_to_end_is_reproducible(tmp_path):
     assert meta["data"]["demo"] is True and len(meta["cv_per_fold"]) == 2
     assert meta["cv_accuracy"] > 0.5  # six short epochs on 1,258 digits: far above chance (0.1)
     frame = pd.read_csv(tmp_path / "subs" / "submission.csv")
-    submit.validate_submission(frame, 539)
+    publish.validate_submission(frame, 539)
 
     second = run_submit(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -77,16 +48,50 @@ def test_demo_run_end_to_end_is_reproducible(tmp_path):
     assert again[0].read_text() == again[1].read_text()  # same seed and preset -> same submission
 
 
-def test_resume_skips_finished_folds(tmp_path):
-    first = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "1", "--out", "subs", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    run_dir = next((tmp_path / "runs").glob("*_smoke_demo"))
-    (run_dir / "seed0_fold1" / "fold.json").unlink()  # as if interrupted during the second fold
-    resumed = run_submit("--resume", run_dir.name, "--out", "subs", cwd=tmp_path)
+def test_kill_9_mid_fold_then_resume_gives_the_same_submission(tmp_path):
+    args = ["--preset", "smoke", "--folds", "2", "--epochs", "3", "--out", "subs"]
+    (tmp_path / "whole").mkdir()
+    whole = run_submit(*args, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "src.submit", *args], cwd=killed, env=submit_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    history = None
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        history = next(killed.glob("runs/*/seed0_fold1/history.csv"), None)
+        if history is not None and len(history.read_text().splitlines()) >= 2:  # mid second fold: an epoch done
+            break
+        time.sleep(0.2)
+    process.kill()  # SIGKILL: no cleanup of any kind
+    process.wait()
+    assert history is not None and not (history.parent / "fold.json").exists()
+    assert (history.parent / "best.weights.h5").exists()  # a real kill leaves a checkpoint behind
+    assert not (killed / "subs").exists()
+    run_dir = history.parent.parent
+    resumed = run_submit("--resume", run_dir.name, "--out", "subs", cwd=killed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "fold 1/2] finished earlier" in resumed.stdout
-    assert "[model 2/2 seed 0 fold 2/2] epoch 1/1" in resumed.stdout
-    assert (run_dir / "seed0_fold1" / "fold.json").exists()
+    assert (killed / "subs" / "submission.csv").read_text() == (
+        tmp_path / "whole" / "subs" / "submission.csv"
+    ).read_text()
+
+
+def test_resume_of_a_damaged_or_foreign_run_is_one_line(tmp_path, capsys):
+    from src.errors import run_cli
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{not json")
+    assert run_cli(submit.main, ["--resume", str(run_dir)]) == 2
+    assert "config.json: not valid JSON" in capsys.readouterr().err
+    config = {"preset": "smoke", "train": {"folds": 2, "seeds": [0], "warp_speed": 9}, "augment": {},
+              "hparams": {}, "hparams_source": "defaults", "data": {"folder": "x"}}  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert run_cli(submit.main, ["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting 'warp_speed'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_input_is_one_line_and_nonzero(tmp_path, demo_dir):
@@ -115,7 +120,7 @@ def test_smoke_on_a_slice_of_the_real_data(real_slice, tmp_path):
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_cv*.json")).read_text())
     assert meta["data"]["demo"] is False and meta["data"]["hashes"]
     assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds of 750, 6 short epochs
-    submit.validate_submission(pd.read_csv(tmp_path / "subs" / "submission.csv"), 300)
+    publish.validate_submission(pd.read_csv(tmp_path / "subs" / "submission.csv"), 300)
 
 
 def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):

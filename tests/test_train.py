@@ -30,3 +30,14 @@ def test_progress_estimates_time_left():
     progress.skip(2)
     progress.epoch("[m]", 2, 2, {}, 10.0)
     assert lines[-1].endswith("ETA 0s")
+
+
+def test_bench_reports_throughput_as_json(demo_dir, capsys):
+    import json
+
+    from src import bench
+
+    assert bench.main(["--data-dir", str(demo_dir), "--images", "256", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"plain_fit_images_per_s", "kit_train_images_per_s", "predict_images_per_s", "cpu"}
+    assert all(result[k] > 0 for k in result if k != "cpu") and result["cpu"]

@@ -1,0 +1,29 @@
+"""The one atomic writer: a reader sees the old file or the whole new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from src.errors import DigitsError
+
+
+def write_atomically(path: Path, data: bytes | str, overwrite: bool = True) -> None:
+    """Write `path` through a temporary file in its folder; with overwrite=False, fail if it exists (race-free)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails if `path` exists
+            except FileExistsError:
+                raise DigitsError(f"{path}: already exists; refusing to overwrite it") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

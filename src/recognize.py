@@ -1,0 +1,133 @@
+"""Read one page: ink -> digit boxes -> lines -> digits, in whichever of the four orientations reads best.
+
+`classify` is any callable from digits uint8 [N, 28, 28] to probabilities float32 [N, 11] (the 11th:
+not a digit): the committed reader (src/reader.py) or a run's fold ensemble (src/ensemble.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from src import layout, page
+from src.layout import Box
+from src.reader import NOT_A_DIGIT, normalize_digit
+
+Classify = Callable[[np.ndarray], np.ndarray]
+MIN_CONFIDENCE = 0.5  # below this a mark is not confidently a digit, and is not read as one
+TURN_MARGIN = 0.03  # a turned reading must beat the upright one by this much mean confidence
+
+
+@dataclass
+class Digit:
+    digit: int | None  # None: a mark that is not confidently a digit (left out of the text)
+    confidence: float
+    box: Box  # x, y, w, h on the page as given
+
+
+@dataclass
+class Line:
+    digits: list[Digit]
+    block: int = 0  # the column on the page, counted from the left
+    groups: list[int] = field(default_factory=list)  # index (in digits) of the first digit of each later group
+
+    @property
+    def text(self) -> str:
+        chars = ["" if d.digit is None else str(d.digit) for d in self.digits]
+        for i in sorted(self.groups, reverse=True):
+            chars.insert(i, " ")
+        return " ".join("".join(chars).split())
+
+
+@dataclass
+class PageResult:
+    rotation: int  # the clockwise turn (0/90/180/270) that sets the page upright
+    lines: list[Line]
+
+
+def read_page(rgb: np.ndarray, classify: Classify) -> PageResult:
+    """The page's lines in reading order, in the orientation whose digits the reader is surest of."""
+    if min(rgb.shape[:2]) < page.MIN_SIDE:
+        return PageResult(0, [])
+    small, scale = page.work_size(rgb)
+    ink = page.ink_map(small)
+    mask = page.binarize(ink)
+    best: tuple[float, int, list[Line]] | None = None
+    for rotation in (0, 90, 180, 270):
+        k = -(rotation // 90)
+        lines, score = read_lines(np.rot90(ink, k), np.rot90(mask, k), classify)
+        if best is None or score > best[0] + (TURN_MARGIN if best[1] == 0 else 1e-6):
+            shape = np.rot90(ink, k).shape
+            best = (score, rotation, [unrotate(line, rotation, shape, scale) for line in lines])
+    return PageResult(best[1], best[2])
+
+
+def read_lines(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> tuple[list[Line], float]:
+    """(lines, mean confidence of the digits read) of a page in one orientation."""
+    found, typical = layout.marks(mask)
+    if not found:
+        return [], 0.0
+    boxes = [b for b in layout.join_broken(found, typical) if b[3] >= 0.35 * typical]
+    if not boxes:
+        return [], 0.0
+    digit_boxes = [b for b in boxes if b[3] >= 0.6 * typical] or boxes
+    typical_width = float(np.median([b[2] for b in digit_boxes]))
+    splits = {b: layout.split_touching(b, mask, typical_width) for b in boxes}
+    candidates = list(dict.fromkeys([*boxes, *(p for pieces in splits.values() if len(pieces) > 1 for p in pieces)]))
+    crops = np.stack([crop_digit(ink, mask, b) for b in candidates])
+    probs = dict(zip(candidates, with_reject_column(classify(crops))))
+    chosen = [p for b, pieces in splits.items() for p in best_reading(b, pieces, probs)]
+    lines = [to_line(line, probs) for line in layout.layout(chosen, typical)]
+    confidences = [probs[b][:10].max() for b in chosen]
+    return lines, float(np.mean(confidences))
+
+
+def with_reject_column(probs: np.ndarray) -> np.ndarray:
+    """float32 [N, 11]: a 10-class ensemble's output gets an empty "not a digit" column."""
+    if probs.shape[1] == NOT_A_DIGIT:
+        return np.concatenate([probs, np.zeros((len(probs), 1), probs.dtype)], axis=1)
+    return probs
+
+
+def confidence(p: np.ndarray) -> float:
+    """How surely a mark is a digit: the best digit's probability, zero when "not a digit" wins."""
+    return 0.0 if p.argmax() == NOT_A_DIGIT else float(p[:10].max())
+
+
+def best_reading(box: Box, pieces: list[Box], probs: dict[Box, np.ndarray]) -> list[Box]:
+    """A wide box is one wide digit or several touching ones: keep the reading the reader is surer of."""
+    if len(pieces) < 2:
+        return [box]
+    split = np.mean([confidence(probs[p]) for p in pieces])
+    return pieces if split > confidence(probs[box]) + 0.05 else [box]
+
+
+def to_line(line: layout.LineBoxes, probs: dict[Box, np.ndarray]) -> Line:
+    digits = []
+    for b in line.boxes:
+        p = probs[b]
+        sure = confidence(p)
+        digits.append(Digit(int(p[:10].argmax()) if sure >= MIN_CONFIDENCE else None, round(sure, 4), b))
+    return Line(digits, line.block, list(line.groups))
+
+
+def crop_digit(ink: np.ndarray, mask: np.ndarray, box: Box) -> np.ndarray:
+    x, y, w, h = box
+    return normalize_digit(ink[y : y + h, x : x + w] * mask[y : y + h, x : x + w])
+
+
+def unrotate(line: Line, rotation: int, shape: tuple[int, ...], scale: float) -> Line:
+    """Map boxes found on the page turned by `rotation` back to the page as given (and its full size)."""
+    h, w = shape[:2]  # of the turned page
+    for d in line.digits:
+        x, y, bw, bh = d.box
+        if rotation == 90:
+            x, y, bw, bh = y, w - x - bw, bh, bw
+        elif rotation == 180:
+            x, y = w - x - bw, h - y - bh
+        elif rotation == 270:
+            x, y, bw, bh = h - y - bh, x, bh, bw
+        d.box = tuple(int(round(v / scale)) for v in (x, y, bw, bh))
+    return line
