@@ -44,6 +44,7 @@ class TrainConfig:
 class ReaderConfig:
     """The OCR reader (src/reader.py): how it is trained from train.csv."""
 
+    members: int = 2  # networks trained with seeds seed, seed + 1, ...; their probabilities are averaged
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 2e-3

@@ -7,12 +7,9 @@ in text render mode 3 (invisible), so that viewers can select and search it and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from src.files import write_atomically
 from src.recognize import Line, PageResult
 
 PDF_DPI = 150  # an image page is laid out at this resolution
@@ -45,9 +42,8 @@ def annotated(rgb: np.ndarray, lines: list[Line]) -> np.ndarray:
     return image
 
 
-def write_annotated(rgb: np.ndarray, lines: list[Line], path: Path) -> None:
-    ok, png = cv2.imencode(".png", annotated(rgb, lines))
-    write_atomically(path, png.tobytes())
+def annotated_png(rgb: np.ndarray, lines: list[Line]) -> bytes:
+    return cv2.imencode(".png", annotated(rgb, lines))[1].tobytes()
 
 
 # --- searchable PDF ---------------------------------------------------------------------------------------

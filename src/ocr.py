@@ -20,33 +20,7 @@ from src import export, page, reader
 from src.config import ReaderConfig, with_overrides
 from src.errors import DigitsError, run_cli
 from src.files import write_atomically
-from src.recognize import Classify, read_page
-
-MAX_PAGES = 500  # a PDF longer than this is refused up front rather than read for an hour
-
-
-def load_classifier(model: Path | None) -> Classify:
-    if model is None or model.suffix == ".npz":
-        return reader.Reader.load(model or reader.WEIGHTS)
-    from src import ensemble  # TensorFlow: only when a run's models are asked for
-
-    models = ensemble.load_fold_models(model, max_models=5)
-    return lambda digits: ensemble.average_probs(models, digits)
-
-
-def read_file(path: Path, classify: Classify, log=lambda line: None) -> list[tuple[dict, object]]:
-    """[(page JSON, PDF page)] for each page of `path`, with progress for documents of several pages."""
-    total = page.count_pages(path)
-    if total > MAX_PAGES:
-        raise DigitsError(f"{path}: {total} pages; at most {MAX_PAGES} are read at once (split the file)")
-    out, start = [], time.time()
-    for number, rgb in enumerate(page.iter_pages(path), 1):
-        result = read_page(rgb, classify)
-        out.append((export.page_json(number, result), export.pdf_page(rgb, result.lines), rgb, result))
-        if total > 1:
-            eta = (time.time() - start) / number * (total - number)
-            log(f"[ocr] {path.name}: page {number}/{total} ({eta:.0f} s left)")
-    return out
+from src.recognize import Classify, load_classifier, read_file
 
 
 def page_text(page_json: dict) -> str:
@@ -95,8 +69,7 @@ def evaluate(folder: Path, classify: Classify) -> dict:
     rows, errors, total = [], 0, 0
     for name, expected in load_truth(folder).items():
         start = time.time()
-        pages = read_file(folder / name, classify)
-        got = [line["text"] for page_json, *_ in pages for line in page_json["lines"]]
+        got = [line.text for *_, result in read_file(folder / name, classify) for line in result.lines]
         e, n = digit_errors(got, expected)
         errors, total = errors + e, total + n
         rows.append({"file": name, "expected": " / ".join(expected), "read": " / ".join(got),
@@ -143,27 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     args = parse_args(argv)
     for path in args.files:
-        if not path.is_file():
-            raise DigitsError(f"{path}: no such file")
+        page.check_file(path)
     classify = load_classifier(args.model)
     if args.eval:
         print_eval(evaluate(args.eval, classify))
         return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    results, pdf_pages, shot = [], [], 0
+    results, pdf_pages, pngs = [], [], []
     for path in args.files:
-        pages = read_file(path, classify, log)
-        results.append({"file": str(path), "pages": [p[0] for p in pages]})
-        pdf_pages += [p[1] for p in pages]
-        for _, _, rgb, result in pages if args.annotate else []:
-            export.write_annotated(rgb, result.lines, annotate_path(args.annotate, shot))
-            shot += 1
-        if not args.json:
-            for page_json in results[-1]["pages"]:
-                if len(args.files) > 1 or len(pages) > 1:
-                    print(f"# {path} page {page_json['page']} (rotation {page_json['rotation']})")
-                if page_text(page_json):
-                    print(page_text(page_json))
+        pages = []
+        for number, total, rgb, result in read_file(path, classify, log):
+            pages.append(export.page_json(number, result))
+            pdf_pages += [export.pdf_page(rgb, result.lines)] if args.pdf else []
+            pngs += [export.annotated_png(rgb, result.lines)] if args.annotate else []
+            if not args.json and (len(args.files) > 1 or total > 1):
+                print(f"# {path} page {number} (rotation {result.rotation})")
+            if not args.json and page_text(pages[-1]):
+                print(page_text(pages[-1]))
+        results.append({"file": str(path), "pages": pages})
+    # Everything was read: only now are files written, so a bad page leaves nothing half-done.
+    for shot, png in enumerate(pngs):
+        write_atomically(annotate_path(args.annotate, shot), png)
     if args.pdf:
         write_atomically(args.pdf, export.searchable_pdf(pdf_pages))
     if args.json:

@@ -13,6 +13,7 @@ neither TensorFlow nor a trained run, and the reader loads in milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -314,26 +315,36 @@ def keras_weights(model) -> list[np.ndarray]:
 
 
 class Reader:
-    """Callable: digits uint8 [N, 28, 28] -> probs float32 [N, 11] (index 10: not a digit). NumPy only."""
+    """Callable: digits uint8 [N, 28, 28] -> probs float32 [N, 11] (index 10: not a digit). NumPy only.
 
-    def __init__(self, weights: list[np.ndarray], info: dict | None = None):
-        self.weights = [w.astype(np.float32) for w in weights]
+    Holds one or more members (networks trained with other seeds); their probabilities are averaged.
+    """
+
+    def __init__(self, members: list[list[np.ndarray]], info: dict | None = None):
+        self.members = [[w.astype(np.float32) for w in weights] for weights in members]
         self.info = info or {}
 
     @classmethod
     def load(cls, path: Path = WEIGHTS) -> Reader:
         if not path.is_file():
             raise DigitsError(f"{path}: no reader weights; rebuild them with python -m src.ocr train")
-        with np.load(path) as saved:
-            count = sum(1 for k in saved.files if k.startswith("w"))
-            return cls([saved[f"w{i}"] for i in range(count)], json.loads(str(saved["info"])))
+        try:
+            with np.load(path) as saved:
+                info = json.loads(str(saved["info"]))
+                members = [[saved[f"m{m}_w{i}"] for i in range(info["arrays"])] for m in range(info["members"])]
+        except (OSError, ValueError, KeyError) as error:
+            raise DigitsError(
+                f"{path}: not reader weights ({error}); rebuild them with python -m src.ocr train"
+            ) from None
+        return cls(members, info)
 
     def save(self, path: Path) -> None:
         from src.files import write_atomically
 
+        info = {**self.info, "members": len(self.members), "arrays": len(self.members[0])}
+        arrays = {f"m{m}_w{i}": w.astype(np.float16) for m, ws in enumerate(self.members) for i, w in enumerate(ws)}
         buffer = io.BytesIO()
-        arrays = {f"w{i}": w.astype(np.float16) for i, w in enumerate(self.weights)}
-        np.savez_compressed(buffer, info=json.dumps(self.info), **arrays)
+        np.savez_compressed(buffer, info=json.dumps(info), **arrays)
         write_atomically(path, buffer.getvalue())
 
     def __call__(self, digits: np.ndarray) -> np.ndarray:
@@ -342,18 +353,23 @@ class Reader:
 
     def forward(self, digits: np.ndarray) -> np.ndarray:
         x = digits.astype(np.float32)[..., None] / 255
-        params = iter(self.weights)
-        for kind, _ in LAYERS:
-            if kind == "conv":
-                x = np.maximum(conv3x3(x, next(params)) + next(params), 0)
-            elif kind == "pool":
-                n, h, w, c = x.shape
-                x = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-            else:
-                x = x.reshape(len(x), -1) @ next(params) + next(params)
-                x = np.maximum(x, 0) if kind == "dense" and x.shape[1] != CLASSES else x
-        x = np.exp(x - x.max(axis=1, keepdims=True))
-        return (x / x.sum(axis=1, keepdims=True)).astype(np.float32)
+        return np.mean([member_forward(weights, x) for weights in self.members], axis=0).astype(np.float32)
+
+
+def member_forward(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Softmax probabilities float32 [N, 11] of one network for x float32 [N, 28, 28, 1] in 0-1."""
+    params = iter(weights)
+    for kind, _ in LAYERS:
+        if kind == "conv":
+            x = np.maximum(conv3x3(x, next(params)) + next(params), 0)
+        elif kind == "pool":
+            n, h, w, c = x.shape
+            x = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        else:
+            x = x.reshape(len(x), -1) @ next(params) + next(params)
+            x = np.maximum(x, 0) if kind == "dense" and x.shape[1] != CLASSES else x
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
 
 
 def conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -367,8 +383,10 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 # --- training -------------------------------------------------------------------------------------------
 
 
-def train(images: np.ndarray, labels: np.ndarray, config: ReaderConfig, log: Callable[[str], None] = print) -> Reader:
-    """Train the reader on images uint8 [N, 28, 28] (the held-out rows already removed); new data every epoch."""
+def train(
+    images: np.ndarray, labels: np.ndarray, config: ReaderConfig, log: Callable[[str], None] = print
+) -> list[np.ndarray]:
+    """The weights of one network trained on images uint8 [N, 28, 28] (held-out rows removed); new data every epoch."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -392,8 +410,8 @@ def train(images: np.ndarray, labels: np.ndarray, config: ReaderConfig, log: Cal
             eta = elapsed / (epoch + 1) * (config.epochs - epoch - 1)
             log(f"[reader] epoch {epoch + 1}/{config.epochs}: loss {history.history['loss'][-1]:.4f} "
             f"acc {history.history['accuracy'][-1]:.4f} ({elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")  # fmt: skip
-    return Reader(keras_weights(model), {"epochs": config.epochs, "rows": len(images), "seed": config.seed,
-                                         "train_seconds": round(time.time() - start, 1)})  # fmt: skip
+    log(f"[reader] member with seed {config.seed} trained in {(time.time() - start) / 60:.1f} min")
+    return keras_weights(model)
 
 
 def evaluate(reader: Reader, images: np.ndarray, labels: np.ndarray, seed: int = 99) -> dict[str, float]:
@@ -420,8 +438,14 @@ def build(images: np.ndarray, labels: np.ndarray, config: ReaderConfig, out: Pat
     if config.max_rows:
         rows = stratified_subsample(train_y, config.max_rows, config.seed)
         train_x, train_y = train_x[rows], train_y[rows]
-    log(f"[reader] training on {len(train_y):,} digits ({config.epochs} epochs); {held.sum():,} held out")
-    reader = train(train_x, train_y, config, log)
+    log(f"[reader] training {config.members} member(s) on {len(train_y):,} digits ({config.epochs} epochs each); "
+        f"{held.sum():,} rows held out")  # fmt: skip
+    start = time.time()
+    members = [train(train_x, train_y, dataclasses.replace(config, seed=config.seed + k), log)
+               for k in range(config.members)]  # fmt: skip
+    info = {"epochs": config.epochs, "rows": len(train_y), "seed": config.seed,
+            "train_minutes": round((time.time() - start) / 60, 1)}  # fmt: skip
+    reader = Reader(members, info)
     reader.info["heldout"] = evaluate(reader, images[held], labels[held])
     log(f"[reader] held-out rows: {json.dumps(reader.info['heldout'])}")
     reader.save(out)

@@ -6,16 +6,20 @@ not a digit): the committed reader (src/reader.py) or a run's fold ensemble (src
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from src import layout, page
+from src import layout, page, reader
+from src.errors import DigitsError
 from src.layout import Box
 from src.reader import NOT_A_DIGIT, normalize_digit
 
 Classify = Callable[[np.ndarray], np.ndarray]
+MAX_PAGES = 500  # a PDF longer than this is refused up front rather than read for an hour
 MIN_CONFIDENCE = 0.5  # below this a mark is not confidently a digit, and is not read as one
 TURN_MARGIN = 0.03  # a turned reading must beat the upright one by this much mean confidence
 
@@ -45,6 +49,31 @@ class Line:
 class PageResult:
     rotation: int  # the clockwise turn (0/90/180/270) that sets the page upright
     lines: list[Line]
+
+
+def load_classifier(model: Path | None = None) -> Classify:
+    """The committed reader, other reader weights (.npz), or a run's fold ensemble (a run folder)."""
+    if model is None or model.suffix == ".npz":
+        return reader.Reader.load(model or reader.WEIGHTS)
+    from src import ensemble  # TensorFlow: only when a run's models are asked for
+
+    models = ensemble.load_fold_models(model, max_models=5)
+    return lambda digits: ensemble.average_probs(models, digits)
+
+
+def read_file(
+    path: Path, classify: Classify, log: Callable[[str], None] = lambda line: None, max_pages: int = MAX_PAGES
+) -> Iterator[tuple[int, int, np.ndarray, PageResult]]:
+    """(page number, pages, RGB page, its reading) for each page of `path`, read lazily, with progress."""
+    total = page.count_pages(path)
+    if total > max_pages:
+        raise DigitsError(f"{path}: {total} pages; at most {max_pages} are read at once (split the file)")
+    start = time.time()
+    for number, rgb in enumerate(page.iter_pages(path), 1):
+        yield number, total, rgb, read_page(rgb, classify)
+        if total > 1:
+            eta = (time.time() - start) / number * (total - number)
+            log(f"[ocr] {path.name}: page {number}/{total} ({eta:.0f} s left)")
 
 
 def read_page(rgb: np.ndarray, classify: Classify) -> PageResult:

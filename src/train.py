@@ -7,6 +7,7 @@ fold.json is finished: `--resume` skips it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -133,18 +134,23 @@ def train_fold(
 
 
 def fold_callbacks(out_dir: Path, train: TrainConfig, progress: Progress, label: str, extra: tuple) -> list:
-    """Checkpoint the best epoch, stop early, log history.csv and progress."""
+    """Checkpoint the best epoch, stop early, log history.csv, TensorBoard and progress."""
     import keras
 
-    return [
+    callbacks = [
         keras.callbacks.ModelCheckpoint(
             out_dir / "best.weights.h5", monitor="val_accuracy", save_best_only=True, save_weights_only=True
-        ),  # fmt: skip
+        ),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
         keras.callbacks.CSVLogger(out_dir / "history.csv"),
         progress_callback(progress, label, train.epochs),
         *extra,
     ]
+    if importlib.util.find_spec("tensorboard"):  # in requirements.txt; a bare Kaggle image may lack it
+        # runs/<run>/tb/<fold>: `tensorboard --logdir runs` shows every fold of every run side by side.
+        tb = keras.callbacks.TensorBoard(out_dir.parent / "tb" / out_dir.name, write_graph=False, profile_batch=0)
+        callbacks.append(tb)
+    return callbacks
 
 
 def keep_best(net, out_dir: Path, fold: Fold, val_x: np.ndarray) -> np.ndarray:

@@ -33,8 +33,9 @@ def test_metadata_is_what_the_kaggle_cli_needs():
 
 def test_build_needs_a_user(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-token"))
     assert kernel.run_cli(kernel.main, ["build", "--out", str(tmp_path)]) == 2
-    assert "pass --user NAME or set KAGGLE_USERNAME" in capsys.readouterr().err
+    assert "pass --user NAME, set KAGGLE_USERNAME" in capsys.readouterr().err
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     assert kernel.main(["build", "--out", str(tmp_path), "--preset", "smoke"]) == 0
     assert json.loads((tmp_path / "kernel-metadata.json").read_text())["id"].startswith("alice/")

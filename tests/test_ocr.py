@@ -137,8 +137,11 @@ def test_reader_in_numpy_matches_keras():
     model = reader.build_keras()
     digits = np.random.default_rng(3).integers(0, 256, (8, 28, 28)).astype(np.uint8)
     want = model.predict(digits[..., None], verbose=0)
-    got = reader.Reader(reader.keras_weights(model))(digits)
+    got = reader.Reader([reader.keras_weights(model)])(digits)
     np.testing.assert_allclose(got, want, atol=1e-5)
+    other = reader.build_keras()  # a second member: the reader averages its members
+    pair = reader.Reader([reader.keras_weights(model), reader.keras_weights(other)])
+    np.testing.assert_allclose(pair(digits), (want + other.predict(digits[..., None], verbose=0)) / 2, atol=1e-5)
 
 
 def test_committed_reader_tells_digits_from_marks(unseen, classify):
@@ -161,6 +164,30 @@ def test_real_phone_photos(classify, capsys):
     assert result["accuracy"] >= 0.95, result  # measured: see the README
     assert ocr.main(["--eval", PHOTOS]) == 0
     assert "all" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not PHOTOS, reason="DIGITS_OCR_PHOTOS is not set: no real photos for this test")
+def test_real_photos_turned_and_as_png_bmp_and_pdf_with_a_margin(classify, tmp_path):
+    """Each real photo in the four orientations, as JPEG, PNG, BMP and a PDF page with a white margin."""
+    truth = json.loads((Path(PHOTOS) / "truth.json").read_text())["lines"]
+    lines = {}
+    for name, want in truth.items():
+        photo = Image.open(Path(PHOTOS) / name).convert("RGB")
+        for turn in range(4):
+            turned = photo.rotate(90 * turn, expand=True)
+            stem = f"{Path(name).stem}_{90 * turn}"
+            formats = {"png": {}, "bmp": {}} if turn == 0 else {"jpg": {"quality": 90}}
+            for ext, options in formats.items():
+                turned.save(tmp_path / f"{stem}.{ext}", **options)
+                lines[f"{stem}.{ext}"] = want
+            sheet = Image.new("RGB", (turned.width + 240, turned.height + 300), "white")
+            sheet.paste(turned, (120, 150))
+            sheet.save(tmp_path / f"{stem}.pdf", resolution=150)
+            lines[f"{stem}.pdf"] = want
+    (tmp_path / "truth.json").write_text(json.dumps({"lines": lines}))
+    result = ocr.evaluate(tmp_path, classify)
+    assert result["digits"] == 10 * len(lines)
+    assert result["accuracy"] >= 0.95, [r for r in result["files"] if r["accuracy"] < 1]
 
 
 def test_cli_pdf_in_json_annotated_and_searchable_pdf_out(unseen, tmp_path, capsys):
@@ -213,7 +240,7 @@ def test_read_with_a_runs_fold_models(demo_run, tmp_path, capsys):
     Image.new("RGB", (400, 300), (240, 240, 230)).save(blank)
     assert ocr.main([str(blank), "--model", str(demo_run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pages"][0]["lines"] == []
-    classify = ocr.load_classifier(demo_run)
+    classify = recognize.load_classifier(demo_run)
     probs = recognize.with_reject_column(classify(np.zeros((3, 28, 28), np.uint8)))
     assert probs.shape == (3, 11) and np.allclose(probs[:, :10].sum(1), 1, atol=1e-4)
 
