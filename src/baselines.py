@@ -121,7 +121,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(f"| {line} |" for line in lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m src.baselines", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="fast", choices=("smoke", "fast", "full"))
     parser.add_argument("--data-dir")
@@ -132,23 +132,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int)
     parser.add_argument("--submit", action="store_true", help="publish each baseline's submission (and register it)")
     parser.add_argument("--submissions", default="submissions", help="where --submit writes (default: submissions/)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def publish_baseline(name: str, result: dict, test_labels: np.ndarray, args: argparse.Namespace, stamp: str) -> Path:
+    stem = f"{stamp}_baseline-{name}_cv{result['cv_accuracy']:.5f}"
+    meta = {"baseline": name, "preset": args.preset, "test_rows": len(test_labels), **result}
+    return publish.publish(test_labels, Path(args.submissions), stem, meta, preset=f"baseline-{name}",
+                           cv=f"{result['cv_accuracy']:.5f}", message=f"baseline {name}")  # fmt: skip
+
+
+def write_table(table: list[dict], out: Path) -> pd.DataFrame:
+    frame = pd.DataFrame(table)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "baselines.csv", index=False)
+    (out / "baselines.md").write_text(markdown_table(frame))
+    return frame
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     preset = get_preset(args.preset)
-    epochs = args.epochs or preset.train.epochs
-    chosen = baselines(epochs)
+    chosen = baselines(args.epochs or preset.train.epochs)
     unknown = set(args.only or []) - set(chosen)
     if unknown:
         raise DigitsError(f"--only: unknown baseline {sorted(unknown)[0]!r}; choose from {', '.join(chosen)}")
     runs_dir = Path(args.runs_dir)
-    folder, demo = data.find_or_demo(args.data_dir, runs_dir / "demo-data")
+    folder, _ = data.find_or_demo(args.data_dir, runs_dir / "demo-data")
     dataset = data.load(folder)
     rows = data.stratified_subsample(dataset.train_labels, args.max_rows or preset.train.max_rows or 10**9, 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]
     folds = train.make_folds(labels, preset.train.folds, preset.train.seeds[:1])
     stamp = publish.timestamp()
-    out = Path(args.out) if args.out else runs_dir / "baselines" / stamp
-    out.mkdir(parents=True, exist_ok=True)
-
     table = []
     for name in args.only or chosen:
         print(f"[{name}] {len(folds)} folds on {len(labels)} rows ...", flush=True)
@@ -157,17 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         table.append({"model": name, **result})
         print(f"[{name}] CV {result['cv_accuracy']:.5f} in {result['train_minutes']:.2f} min", flush=True)
         if args.submit:
-            stem = f"{stamp}_baseline-{name}_cv{result['cv_accuracy']:.5f}"
-            meta = {"baseline": name, "preset": args.preset, "test_rows": len(test_labels), **result}
-            path = publish.publish(test_labels, Path(args.submissions), stem, meta, preset=f"baseline-{name}",
-                                   cv=f"{result['cv_accuracy']:.5f}", message=f"baseline {name}")  # fmt: skip
-            print(f"[{name}] wrote {path}", flush=True)
-    kit = kit_row(runs_dir)
-    if kit:
-        table.append(kit)
-    frame = pd.DataFrame(table)
-    frame.to_csv(out / "baselines.csv", index=False)
-    (out / "baselines.md").write_text(markdown_table(frame))
+            print(f"[{name}] wrote {publish_baseline(name, result, test_labels, args, stamp)}", flush=True)
+    out = Path(args.out) if args.out else runs_dir / "baselines" / stamp
+    frame = write_table(table + [row for row in [kit_row(runs_dir)] if row], out)
     print(frame.to_string(index=False))
     print(f"wrote {out / 'baselines.csv'}")
     return 0

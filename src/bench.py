@@ -58,6 +58,30 @@ def fresh_model(hparams: dict, steps: int):
     return model.compile_model(model.build_model(hparams), hparams, 2 * steps, steps)
 
 
+def fit_seconds(
+    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int
+) -> tuple[float, float]:
+    """(plain model.fit, kit pipeline) seconds for one epoch over images uint8 [N, 28, 28], best of `repeats`."""
+    batch = hparams["batch_size"]
+    steps = augment.steps_per_epoch(len(images), batch)
+    plain, kit = float("inf"), float("inf")
+    for _ in range(repeats):  # alternate, so that neither side gains from running second
+        arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
+        plain = min(plain, second_epoch_seconds(fresh_model(hparams, steps), arrays))
+        batches = augment.training_batches(images, labels, batch, 2, AugmentConfig(), hparams["aug_strength"], 0,
+                                           workers)  # fmt: skip
+        kit = min(kit, second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps}))
+    return plain, kit
+
+
+def predict_seconds(hparams: dict, test: np.ndarray) -> float:
+    net = fresh_model(hparams, 1)
+    net.predict(test[:512, ..., None], batch_size=512, verbose=0)  # the first call pays for tracing
+    start = time.perf_counter()
+    net.predict(test[..., None], batch_size=512, verbose=0)
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir")
@@ -73,29 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     n = min(args.images, len(dataset.train_images))
     images, labels = dataset.train_images[:n], dataset.train_labels[:n].astype(np.int32)
     hparams = model.load_hparams(args.hparams) if args.hparams else model.validate_hparams({})
-    batch = hparams["batch_size"]
-    steps = augment.steps_per_epoch(n, batch)
-    print(f"benchmark on {folder}: {n} images/epoch, batch {batch}, {args.hparams or 'default model'}", flush=True)
-
-    plain, kit = float("inf"), float("inf")
-    for _ in range(args.repeats):  # alternate, so that neither side gains from running second
-        arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
-        plain = min(plain, second_epoch_seconds(fresh_model(hparams, steps), arrays))
-        batches = augment.training_batches(
-            images, labels, batch, 2, AugmentConfig(), hparams["aug_strength"], 0, args.workers
-        )
-        kit = min(kit, second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps}))
-    net = fresh_model(hparams, steps)
-    test = dataset.test_images
-    net.predict(test[:512, ..., None], batch_size=512, verbose=0)
-    start = time.perf_counter()
-    net.predict(test[..., None], batch_size=512, verbose=0)
-    predict = time.perf_counter() - start
-
+    print(f"benchmark on {folder}: {n} images/epoch, batch {hparams['batch_size']}, {args.hparams or 'default model'}",
+          flush=True)  # fmt: skip
+    plain, kit = fit_seconds(images, labels, hparams, args.repeats, args.workers)
+    predict = predict_seconds(hparams, dataset.test_images)
     result = {
         "plain_fit_images_per_s": round(n / plain, 1),
         "kit_train_images_per_s": round(n / kit, 1),
-        "predict_images_per_s": round(len(test) / predict, 1),
+        "predict_images_per_s": round(len(dataset.test_images) / predict, 1),
         "cpu": cpu_model(),
     }
     print(f"{'plain model.fit (no augmentation)':<40}{result['plain_fit_images_per_s']:>10.1f} images/s")

@@ -61,7 +61,7 @@ class Preset:
     train: TrainConfig
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of model.DEFAULT_HPARAMS
-    hparams_file: str | None = None  # a tuned JSON committed under configs/ (relative to the repository)
+    hparams_file: str | None = None  # a tuned JSON, relative to the repository; no preset has one yet
 
 
 PRESETS: dict[str, Preset] = {

@@ -107,8 +107,7 @@ def tuner_class(name: str):
                 raise StopSearch
 
         def run_trial(self, trial, images, labels, folds, job):
-            hp = trial.hyperparameters
-            hparams = search_space(hp)
+            hparams = search_space(trial.hyperparameters)
             trial_dir = Path(self.project_dir) / "trials" / trial.trial_id
             cost = forward_mmacs(hparams)
             if job["max_mmacs"] and cost > job["max_mmacs"]:
@@ -117,37 +116,32 @@ def tuner_class(name: str):
                     f"[trial {trial.trial_id}] {cost:.0f}M MACs/image > --max-mmacs {job['max_mmacs']:g}: skipped"
                 )
                 record = {"trial": trial.trial_id, "score": 0.0, "epochs": 0, "seconds": 0.0, "hparams": hparams}
-                trial_dir.mkdir(parents=True, exist_ok=True)
-                train.write_json(trial_dir / "result.json", record)
-                return {"val_accuracy": 0.0}
-            # Hyperband sets the epochs per bracket through these values; the kit trains from scratch.
-            epochs = int(hp.values.get("tuner/epochs", job["epochs"]))
-            config = dataclasses.replace(job["train"], epochs=epochs, patience=epochs)
-            progress = train.Progress(epochs * len(folds), job["log"])
-            start = time.perf_counter()
-            scores = []
-            for fold in folds:
-                summary = train.train_fold(
-                    images,
-                    labels,
-                    fold,
-                    hparams,
-                    config,
-                    job["augment"],
-                    trial_dir / fold.name,
-                    progress,
-                    f"[trial {trial.trial_id} fold {fold.fold + 1}/{len(folds)}]",
-                    (self.budget.callback(),),
-                )
-                scores.append(summary["val_accuracy"])
-                if self.budget.spent():
-                    break
-            record = {"trial": trial.trial_id, "score": float(np.mean(scores)), "epochs": epochs,
-                      "seconds": round(time.perf_counter() - start, 1), "hparams": hparams}  # fmt: skip
+            else:
+                record = score_trial(trial, hparams, trial_dir, images, labels, folds, job, self.budget)
+            trial_dir.mkdir(parents=True, exist_ok=True)
             train.write_json(trial_dir / "result.json", record)
             return {"val_accuracy": record["score"]}
 
     return KitTuner
+
+
+def score_trial(trial, hparams: dict, trial_dir: Path, images, labels, folds, job: dict, budget) -> dict:
+    """Train the trial's model on each fold (the run's own protocol) and record its mean validation accuracy."""
+    # Hyperband sets the epochs per bracket through these values; the kit trains from scratch.
+    epochs = int(trial.hyperparameters.values.get("tuner/epochs", job["epochs"]))
+    config = dataclasses.replace(job["train"], epochs=epochs, patience=epochs)
+    progress = train.Progress(epochs * len(folds), job["log"])
+    start = time.perf_counter()
+    scores = []
+    for fold in folds:
+        label = f"[trial {trial.trial_id} fold {fold.fold + 1}/{len(folds)}]"
+        summary = train.train_fold(images, labels, fold, hparams, config, job["augment"], trial_dir / fold.name,
+                                   progress, label, (budget.callback(),))  # fmt: skip
+        scores.append(summary["val_accuracy"])
+        if budget.spent():
+            break
+    return {"trial": trial.trial_id, "score": float(np.mean(scores)), "epochs": epochs,
+            "seconds": round(time.perf_counter() - start, 1), "hparams": hparams}  # fmt: skip
 
 
 def holdout_fold(labels: np.ndarray, seed: int) -> train.Fold:
