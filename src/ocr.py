@@ -151,7 +151,8 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", help="the competition data (default: found as python -m src.submit finds it)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-rows", type=int, help="train on a stratified subsample (quick checks)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="the first member's seed (the others: seed + 1, ...)")
+    parser.add_argument("--members", type=int, help="networks to train and average (default 2)")
     parser.add_argument("--out", type=Path, default=reader.WEIGHTS, help=f"where to write (default {reader.WEIGHTS})")
     args = parser.parse_args(argv)
     from src import data
@@ -159,7 +160,9 @@ def train_main(argv: list[str]) -> int:
     folder = data.find_data_dir(args.data_dir)
     if folder is None:
         raise DigitsError("no competition data found: put train.csv in input/digit-recognizer/ or pass --data-dir")
-    config = with_overrides(ReaderConfig(), epochs=args.epochs, max_rows=args.max_rows, seed=args.seed)
+    config = with_overrides(
+        ReaderConfig(), epochs=args.epochs, max_rows=args.max_rows, seed=args.seed, members=args.members
+    )
     images, labels, _, _ = data.load_train(folder)
     reader.build(images, labels, config, args.out, log=lambda line: print(line, flush=True))
     return 0
