@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             pngs += [export.annotated_png(rgb, result.lines)] if args.annotate else []
             if not args.json and (len(args.files) > 1 or total > 1):
                 print(f"# {path} page {number} (rotation {result.rotation})")
-            if not args.json and page_text(pages[-1]):
-                print(page_text(pages[-1]))
+            text = page_text(pages[-1])
+            if not args.json and text:
+                print(text)
         results.append({"file": str(path), "pages": pages})
     # Everything was read: only now are files written, so a bad page leaves nothing half-done.
     for shot, png in enumerate(pngs):

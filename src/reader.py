@@ -43,10 +43,9 @@ LAYERS: tuple[tuple[str, int], ...] = (
 def normalize_digit(ink: np.ndarray) -> np.ndarray:
     """uint8 [28, 28] from float ink [h, w] in 0-1: 20x20 box keeping aspect, centred by mass, MNIST strokes."""
     crop = ink.astype(np.float32)
-    rows, cols = np.flatnonzero(crop.max(1) > 0.1), np.flatnonzero(crop.max(0) > 0.1)
-    if len(rows) == 0 or len(cols) == 0:
+    if crop.size == 0 or crop.max() <= 0.1:
         return np.zeros((28, 28), np.uint8)
-    crop = normalize_stroke(crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    crop = normalize_stroke(cut_to_ink(crop, 0.1))
     h, w = crop.shape
     scale = 20.0 / max(h, w)
     small = cv2.resize(crop, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
@@ -84,10 +83,8 @@ def normalize_stroke(crop: np.ndarray) -> np.ndarray:
 
 def crop_to_ink(image: np.ndarray) -> np.ndarray:
     """float32 [h, w] in 0-1: a uint8 [28, 28] digit cut to its ink."""
-    rows, cols = np.flatnonzero(image.max(1) > 30), np.flatnonzero(image.max(0) > 30)
-    if len(rows) == 0:
-        return np.zeros((4, 4), np.float32)
-    return image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32) / 255
+    ink = image.astype(np.float32) / 255
+    return cut_to_ink(ink, 30 / 255) if ink.max() > 30 / 255 else np.zeros((4, 4), np.float32)
 
 
 LINE_HEIGHT = 40  # centre lines are traced on a copy of the digit this tall
@@ -155,6 +152,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
 
 
 def cut_to_ink(ink: np.ndarray, level: float = 0.05) -> np.ndarray:
+    """float ink [h, w] cut to the rows and columns holding a value above `level` (all of it when none does)."""
     rows, cols = np.flatnonzero(ink.max(1) > level), np.flatnonzero(ink.max(0) > level)
     if len(rows) == 0:
         return ink
