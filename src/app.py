@@ -88,7 +88,7 @@ def read_upload(data: bytes, name: str, classify: Classify) -> dict:
                 annotated.append(data_url(export.annotated_png(small, scaled(result.lines, scale)), "image/png"))
         except DigitsError as error:
             raise DigitsError(str(error).replace(str(path), name)) from None
-    text = "\n\n".join("\n".join(line["text"] for line in p["lines"] if line["text"]) for p in pages)
+    text = "\n\n".join(export.page_text(p) for p in pages)
     return {"file": name, "text": text, "pages": pages, "annotated": annotated,
             "pdf": data_url(export.searchable_pdf(pdf_pages), "application/pdf")}  # fmt: skip
 

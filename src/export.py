@@ -27,6 +27,11 @@ def page_json(number: int, result: PageResult) -> dict:
     return {"page": number, "rotation": result.rotation, "lines": lines}
 
 
+def page_text(page_json: dict) -> str:
+    """A page's text as printed: one line per line of digits, groups split by a space, empty lines left out."""
+    return "\n".join(line["text"] for line in page_json["lines"] if line["text"])
+
+
 def annotated(rgb: np.ndarray, lines: list[Line]) -> np.ndarray:
     """BGR uint8 [H, W, 3]: the page with a box and the digit read drawn at each mark (grey: not a digit)."""
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

@@ -22,11 +22,6 @@ from src.errors import DigitsError, run_cli
 from src.files import write_atomically
 from src.recognize import Classify, load_classifier, read_file
 
-
-def page_text(page_json: dict) -> str:
-    return "\n".join(line["text"] for line in page_json["lines"] if line["text"])
-
-
 # --- --eval ---------------------------------------------------------------------------------------------
 
 
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             pngs += [export.annotated_png(rgb, result.lines)] if args.annotate else []
             if not args.json and (len(args.files) > 1 or total > 1):
                 print(f"# {path} page {number} (rotation {result.rotation})")
-            text = page_text(pages[-1])
+            text = export.page_text(pages[-1])
             if not args.json and text:
                 print(text)
         results.append({"file": str(path), "pages": pages})
