@@ -52,6 +52,7 @@ class ReaderConfig:
     reject_fraction: float = 0.15  # share of "not a digit" marks in each epoch
     heldout: int = 4000  # train.csv rows the reader never sees; the OCR tests build pages from them
     max_rows: int | None = None  # train on a stratified subsample (quick checks)
+    workers: int | None = None  # processes drawing training digits; None: all cores but one
     seed: int = 0
 
 

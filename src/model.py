@@ -152,7 +152,7 @@ def learning_rate(hparams: dict[str, Any], total_steps: int, steps_per_epoch: in
         return keras.optimizers.schedules.CosineDecay(peak, total_steps, alpha=0.01)
     warmup = max(1, int(0.2 * total_steps))  # onecycle: linear warm-up, then cosine annealing
     return keras.optimizers.schedules.CosineDecay(
-        peak / 10, total_steps - warmup, alpha=0.001, warmup_target=peak, warmup_steps=warmup
+        peak / 10, max(1, total_steps - warmup), alpha=0.001, warmup_target=peak, warmup_steps=warmup
     )
 
 

@@ -17,9 +17,11 @@ import dataclasses
 import functools
 import io
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -119,7 +121,10 @@ def pen_glyph(
     matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
     matrix[0, 1] += shear
     matrix[0, 2] -= shear * centre[1]
-    stroke = (cv2.warpAffine(big, matrix, big.shape[::-1], flags=cv2.INTER_LINEAR) > 0.3).astype(np.uint8)
+    stroke = cv2.warpAffine(big, matrix, big.shape[::-1], flags=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        stroke = elastic(stroke, rng, height)
+    stroke = (stroke > 0.3).astype(np.uint8)
     if width_ratio is None:  # from a fine pen (1/30 of the height) to a marker (1/5)
         width_ratio = float(np.exp(rng.uniform(np.log(1 / 30), np.log(1 / 5))))
     pen = int(round(width_ratio * height))
@@ -127,6 +132,21 @@ def pen_glyph(
         stroke = cv2.dilate(stroke, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (pen, pen)))
     sigma = rng.uniform(0.3, 0.9) * max(1.0, height / 60)
     return cut_to_ink(cv2.GaussianBlur(stroke.astype(np.float32), (0, 0), sigma))
+
+
+def elastic(image: np.ndarray, rng: np.random.Generator, height: int) -> np.ndarray:
+    """float32 [h, w]: `image` bent by a smooth random field (hands wobble where an affine map cannot).
+
+    The field is smooth on the scale of a stroke's length (a fifth of the digit) and moves ink by up
+    to about 5% of the digit's height, so a centre line bends but does not tear.
+    """
+    sigma = height * rng.uniform(0.12, 0.22)
+    amount = height * rng.uniform(0.01, 0.05)
+    ys, xs = np.indices(image.shape, dtype=np.float32)
+    for grid in (xs, ys):
+        field = cv2.GaussianBlur(rng.standard_normal(image.shape).astype(np.float32), (0, 0), sigma)
+        grid += field * (amount / max(float(field.std()), 1e-6))
+    return cv2.remap(image, xs, ys, cv2.INTER_LINEAR, borderValue=0)
 
 
 def thin(mask: np.ndarray) -> np.ndarray:
@@ -270,21 +290,67 @@ def heldout_rows(labels: np.ndarray, n: int) -> np.ndarray:
     return stratified_subsample(labels, n, seed=1234)
 
 
-def make_epoch(
-    images: np.ndarray, labels: np.ndarray, config: ReaderConfig, seed: int, lines: list[np.ndarray] | None = None
+PART = 4096  # digits drawn per task: an epoch's data is the same however many processes draw it
+
+
+def epoch_parts(n_images: int, config: ReaderConfig, seed: int) -> list[tuple[np.ndarray, int, list[int]]]:
+    """One epoch as tasks (rows of `images` to draw, "not a digit" marks to draw, the task's seed)."""
+    order = np.tile(np.arange(n_images), config.copies)
+    marks_per_digit = config.reject_fraction / (1 - config.reject_fraction)
+    parts = []
+    for k, start in enumerate(range(0, len(order), PART)):
+        stop = min(start + PART, len(order))
+        marks = int(stop * marks_per_digit) - int(start * marks_per_digit)
+        parts.append((order[start:stop], marks, [seed, k]))
+    return parts
+
+
+def draw_part(
+    images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray] | None, part: tuple
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(x uint8 [N, 28, 28], y int64 [N]): `copies` pen versions of every digit plus "not a digit" marks."""
+    """(x uint8 [n, 28, 28], y int64 [n]) for one task of `epoch_parts`: pen digits, then marks."""
+    rows, marks, seed = part
     rng = np.random.default_rng(seed)
-    order = np.tile(np.arange(len(images)), config.copies)
-    n_marks = int(len(order) * config.reject_fraction / (1 - config.reject_fraction))
-    x = np.empty((len(order) + n_marks, 28, 28), np.uint8)
-    for k, index in enumerate(order):
-        x[k] = augmented_digit(images, int(index), rng, lines)
-    for k in range(n_marks):
-        x[len(order) + k] = augmented_mark(images, rng)
-    y = np.concatenate([labels[order].astype(np.int64), np.full(n_marks, NOT_A_DIGIT)])
-    shuffle = rng.permutation(len(y))
+    digits = [augmented_digit(images, int(index), rng, lines) for index in rows]
+    x = np.stack(digits + [augmented_mark(images, rng) for _ in range(marks)])
+    return x, np.concatenate([labels[rows].astype(np.int64), np.full(marks, NOT_A_DIGIT)])
+
+
+def make_epoch(
+    images: np.ndarray, labels: np.ndarray, config: ReaderConfig, seed: int, lines: list[np.ndarray] | None = None,
+    draw_map: Callable = map,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(x uint8 [N, 28, 28], y int64 [N]): `copies` pen versions of every digit plus "not a digit" marks, shuffled.
+
+    `draw_map(function, parts)` draws the parts (a process pool's map from `Drawing`; `map` in this process).
+    """
+    parts = epoch_parts(len(images), config, seed)
+    if draw_map is map:
+        drawn = list(map(functools.partial(draw_part, images, labels, lines), parts))
+    else:
+        drawn = list(draw_map(draw_in_worker, parts))
+    x, y = np.concatenate([p[0] for p in drawn]), np.concatenate([p[1] for p in drawn])
+    shuffle = np.random.default_rng([seed, len(parts)]).permutation(len(y))
     return x[shuffle], y[shuffle]
+
+
+# Each drawing process holds the training digits once (sent at its start) rather than with every task.
+_WORKER_DATA: dict[str, object] = {}
+
+
+def _hold(images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray] | None) -> None:
+    _WORKER_DATA.update(images=images, labels=labels, lines=lines)
+
+
+def draw_in_worker(part) -> tuple[np.ndarray, np.ndarray]:
+    return draw_part(_WORKER_DATA["images"], _WORKER_DATA["labels"], _WORKER_DATA["lines"], part)
+
+
+def drawing_pool(images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray] | None, workers: int):
+    """Processes that draw epochs (spawned, so they never inherit a running TensorFlow)."""
+    return ProcessPoolExecutor(
+        workers, multiprocessing.get_context("spawn"), initializer=_hold, initargs=(images, labels, lines)
+    )
 
 
 # --- the network: Keras to train, NumPy to read ------------------------------------------------------------
@@ -382,9 +448,10 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def train(
-    images: np.ndarray, labels: np.ndarray, config: ReaderConfig, log: Callable[[str], None] = print
-) -> list[np.ndarray]:
-    """The weights of one network trained on images uint8 [N, 28, 28] (held-out rows removed); new data every epoch."""
+    images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray], config: ReaderConfig,
+    log: Callable[[str], None] = print,
+) -> list[np.ndarray]:  # fmt: skip
+    """The weights of one network trained on images uint8 [N, 28, 28] with their centre lines; new data every epoch."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -394,15 +461,14 @@ def train(
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, warmup_target=None)
     model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.time()
-    lines = [centre_line(image) for image in images]  # traced once; each epoch draws them with new pens
-    log(f"[reader] traced {len(lines):,} centre lines in {time.time() - start:.0f} s")
-    epoch_data = functools.partial(make_epoch, images, labels, config, lines=lines)
-    with ThreadPoolExecutor(1) as pool:  # the next epoch's pages are drawn while this one trains
-        upcoming = pool.submit(epoch_data, seed=config.seed * 1000)
+    with drawing_pool(images, labels, lines, drawing_workers(config)) as pool, ThreadPoolExecutor(1) as ahead:
+        # the next epoch is drawn while this one trains
+        epoch_data = functools.partial(make_epoch, images, labels, config, lines=lines, draw_map=pool.map)
+        upcoming = ahead.submit(epoch_data, seed=config.seed * 1000)
         for epoch in range(config.epochs):
             x, y = upcoming.result()
             if epoch + 1 < config.epochs:
-                upcoming = pool.submit(epoch_data, seed=config.seed * 1000 + epoch + 1)
+                upcoming = ahead.submit(epoch_data, seed=config.seed * 1000 + epoch + 1)
             history = model.fit(x[..., None], y, batch_size=config.batch_size, epochs=1, verbose=0)
             elapsed = time.time() - start
             eta = elapsed / (epoch + 1) * (config.epochs - epoch - 1)
@@ -410,6 +476,17 @@ def train(
             f"acc {history.history['accuracy'][-1]:.4f} ({elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")  # fmt: skip
     log(f"[reader] member with seed {config.seed} trained in {(time.time() - start) / 60:.1f} min")
     return keras_weights(model)
+
+
+def drawing_workers(config: ReaderConfig) -> int:
+    """Processes that draw training digits: the configured number, else all cores but the one that trains."""
+    return config.workers or max(1, (os.cpu_count() or 2) - 1)
+
+
+def trace_lines(images: np.ndarray, workers: int) -> list[np.ndarray]:
+    """The centre line of every digit (`centre_line`), traced once for all members and epochs."""
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(centre_line, images, chunksize=1024))
 
 
 def evaluate(reader: Reader, images: np.ndarray, labels: np.ndarray, seed: int = 99) -> dict[str, float]:
@@ -439,7 +516,9 @@ def build(images: np.ndarray, labels: np.ndarray, config: ReaderConfig, out: Pat
     log(f"[reader] training {config.members} member(s) on {len(train_y):,} digits ({config.epochs} epochs each); "
         f"{held.sum():,} rows held out")  # fmt: skip
     start = time.time()
-    members = [train(train_x, train_y, dataclasses.replace(config, seed=config.seed + k), log)
+    lines = trace_lines(train_x, drawing_workers(config))
+    log(f"[reader] traced {len(lines):,} centre lines in {time.time() - start:.0f} s")
+    members = [train(train_x, train_y, lines, dataclasses.replace(config, seed=config.seed + k), log)
                for k in range(config.members)]  # fmt: skip
     info = {"epochs": config.epochs, "rows": len(train_y), "seed": config.seed,
             "train_minutes": round((time.time() - start) / 60, 1)}  # fmt: skip

@@ -1,11 +1,18 @@
-"""Hyperparameter search with KerasTuner over the training run's own model builder.
+"""Hyperparameter search with KerasTuner, scored the way the target preset's run scores: on one machine or many.
 
-    python -m src.tune [--tuner hyperband|bayesian|random] [--cv K] [--max-trials N] [--max-minutes M]
-                       [--preset smoke|fast|full] [--data-dir D] [--out DIR] [--overwrite]
+    python -m src.tune --preset fast [--tuner bayesian|hyperband|random] [--folds N] [--max-trials N]
+                       [--max-minutes M] [--workers N] [--data-dir D] [--out DIR] [--overwrite]
 
-The objective is validation accuracy on a stratified holdout (20%), or with --cv K the mean over K
-folds. Running the same command again continues the search; --overwrite starts over. Writes
-best_hparams.json (plain values for `python -m src.submit --hparams`), trials.csv, and prints the top 5.
+A trial trains as the preset's run trains, on the preset's own K-fold split (the first N of its folds,
+default 1), rows, epochs, schedule and augmentation, so its score predicts the run's CV; Hyperband's
+top rung is the preset's epochs. Running the same command again continues the search; --overwrite
+starts over. Writes trials.csv, best_hparams.json (for `python -m src.submit --hparams`), the top 5.
+
+Many machines, on KerasTuner's own engine: run the same command everywhere with
+KERASTUNER_TUNER_ID (`chief` on one machine, `tuner1`, `tuner2`, ... on the others),
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's address). The chief serves the oracle
+and writes the results; workers run trials. `--workers N` starts a chief and N workers here, each
+pinned to its share of the cores, and restarts a worker that dies (its trial is run again).
 """
 
 from __future__ import annotations
@@ -13,7 +20,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from src import data, model, train
+from src import data, files, model, train
 from src.config import get_preset
 from src.errors import DigitsError, run_cli
 
@@ -70,10 +81,6 @@ def forward_mmacs(hparams: dict[str, Any]) -> float:
     return macs / 1e6
 
 
-class StopSearch(Exception):
-    """Raised between trials when --max-minutes is spent: the search ends cleanly, trials so far are kept."""
-
-
 class TimeBudget:
     def __init__(self, minutes: float | None):
         self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
@@ -95,84 +102,250 @@ class TimeBudget:
         return Deadline()
 
 
-def tuner_class(name: str):
-    """KerasTuner's own tuner `name`, with run_trial replaced by the kit's fold training."""
+# --- the search: KerasTuner's oracles and engine, the kit's training as the trial -------------------------
+
+
+def role() -> str:
+    """`chief` (serves the oracle), `worker` (runs trials for a chief), or `single` (both, in this process)."""
+    from keras_tuner.src.distribute import utils
+
+    if not utils.has_chief_oracle():
+        return "single"
+    return "chief" if utils.is_chief_oracle() else "worker"
+
+
+def oracle_for(name: str, budget: TimeBudget, max_trials: int, epochs: int, seed: int):
+    """KerasTuner's oracle `name`; once the --max-minutes budget is spent it hands out no new trial.
+
+    Stopping in the oracle (not in a worker) lets the chief tell every worker to stop, and exit itself.
+    """
     import keras_tuner as kt
 
-    base = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization, "random": kt.RandomSearch}[name]
+    base = {"hyperband": kt.oracles.HyperbandOracle, "bayesian": kt.oracles.BayesianOptimizationOracle,
+            "random": kt.oracles.RandomSearchOracle}[name]  # fmt: skip
 
-    class KitTuner(base):
-        def pre_create_trial(self):
-            if self.budget.spent():
-                raise StopSearch
+    class BudgetOracle(base):
+        def populate_space(self, trial_id):
+            if budget.spent():
+                return {"status": "STOPPED", "values": None}
+            return super().populate_space(trial_id)
 
+    objective = kt.Objective("val_accuracy", "max")
+    if name == "hyperband":
+        return BudgetOracle(objective, max_epochs=max(2, epochs), factor=3, seed=seed)
+    return BudgetOracle(objective, max_trials=max_trials, seed=seed)
+
+
+def make_tuner(oracle, out: Path, overwrite: bool, log):
+    """A KerasTuner Tuner whose trial is the kit's fold training (`score_trial`)."""
+    import keras_tuner as kt
+
+    class KitTuner(kt.Tuner):
         def run_trial(self, trial, images, labels, folds, job):
             hparams = search_space(trial.hyperparameters)
             trial_dir = Path(self.project_dir) / "trials" / trial.trial_id
+            log(f"[{self.tuner_id}] trial {trial.trial_id} starts")
             cost = forward_mmacs(hparams)
+            started = time.time()
             if job["max_mmacs"] and cost > job["max_mmacs"]:
                 # Scored 0 without training: the oracle learns the region is out of budget.
-                job["log"](
-                    f"[trial {trial.trial_id}] {cost:.0f}M MACs/image > --max-mmacs {job['max_mmacs']:g}: skipped"
-                )
-                record = {"trial": trial.trial_id, "score": 0.0, "epochs": 0, "seconds": 0.0, "hparams": hparams}
+                log(f"[trial {trial.trial_id}] {cost:.0f}M MACs/image > --max-mmacs {job['max_mmacs']:g}: skipped")
+                score, epochs = 0.0, 0
             else:
-                record = score_trial(trial, hparams, trial_dir, images, labels, folds, job, self.budget)
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            train.write_json(trial_dir / "result.json", record)
-            return {"val_accuracy": record["score"]}
+                score, epochs = score_trial(trial, hparams, trial_dir, images, labels, folds, job)
+            log(f"[{self.tuner_id}] trial {trial.trial_id} ends: val_accuracy {score:.5f}")
+            return {"val_accuracy": score, "epochs": epochs, "seconds": round(time.time() - started, 1),
+                    "finished_at": time.time()}  # fmt: skip
 
-    return KitTuner
+    return KitTuner(oracle, hypermodel=lambda hp: model.build_model(search_space(hp)),
+                    directory=str(out), project_name="search", overwrite=overwrite)  # fmt: skip
 
 
-def score_trial(trial, hparams: dict, trial_dir: Path, images, labels, folds, job: dict, budget) -> dict:
-    """Train the trial's model on each fold (the run's own protocol) and record its mean validation accuracy."""
+def score_trial(trial, hparams: dict, trial_dir: Path, images, labels, folds, job: dict) -> tuple[float, int]:
+    """(mean validation accuracy, epochs) of the trial's model trained on each fold by the run's own code."""
     # Hyperband sets the epochs per bracket through these values; the kit trains from scratch.
     epochs = int(trial.hyperparameters.values.get("tuner/epochs", job["epochs"]))
     config = dataclasses.replace(job["train"], epochs=epochs, patience=epochs)
     progress = train.Progress(epochs * len(folds), job["log"])
-    start = time.perf_counter()
     scores = []
     for fold in folds:
         label = f"[trial {trial.trial_id} fold {fold.fold + 1}/{len(folds)}]"
         summary = train.train_fold(images, labels, fold, hparams, config, job["augment"], trial_dir / fold.name,
-                                   progress, label, (budget.callback(),))  # fmt: skip
+                                   progress, label, (job["budget"].callback(),))  # fmt: skip
         scores.append(summary["val_accuracy"])
-        if budget.spent():
+        if job["budget"].spent():
             break
-    return {"trial": trial.trial_id, "score": float(np.mean(scores)), "epochs": epochs,
-            "seconds": round(time.perf_counter() - start, 1), "hparams": hparams}  # fmt: skip
+    return float(np.mean(scores)), epochs
 
 
-def holdout_fold(labels: np.ndarray, seed: int) -> train.Fold:
-    from sklearn.model_selection import train_test_split
-
-    train_index, val_index = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=seed)
-    return train.Fold(seed, 0, np.sort(train_index), np.sort(val_index))
+def preset_folds(labels: np.ndarray, folds: int, used: int, seed: int) -> list[train.Fold]:
+    """The first `used` folds of the run's own stratified K-fold split (the same rows the run validates on)."""
+    return train.make_folds(labels, folds, (seed,))[:used]
 
 
-def trials_table(out: Path) -> pd.DataFrame:
+# --- results: read from the oracle (the chief's copy), so they need no folder shared with workers ------------
+
+
+def trials_table(oracle) -> pd.DataFrame:
+    """One row per finished trial, best first: trial, status, score, epochs, seconds, hyperparameters."""
     rows = []
-    for path in sorted((out / "search" / "trials").glob("*/result.json")):
-        record = json.loads(path.read_text())
-        flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in record["hparams"].items()}
-        rows.append({"trial": record["trial"], "score": record["score"], "epochs": record["epochs"],
-                     "seconds": record["seconds"], **flat})  # fmt: skip
-    return pd.DataFrame(rows).sort_values("score", ascending=False, kind="stable") if rows else pd.DataFrame()
+    for trial in oracle.trials.values():
+        if trial.status not in ("COMPLETED", "FAILED", "INVALID"):
+            continue
+        # A failed trial has no metrics; its error is in trial_<id>/trial.json and the worker's output.
+        metric = {name: trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
+                  for name in ("epochs", "seconds", "finished_at")}  # fmt: skip
+        hparams = search_space(trial.hyperparameters)
+        flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in hparams.items()}
+        rows.append({"trial": trial.trial_id, "status": trial.status, "score": trial.score,
+                     "epochs": metric["epochs"], "seconds": metric["seconds"],
+                     "finished_at": metric["finished_at"], **flat})  # fmt: skip
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["score", "trial"], ascending=[False, True], na_position="last")
+
+
+def write_results(oracle, table: pd.DataFrame, out: Path) -> dict:
+    """trials.csv and best_hparams.json; the best trial's record. Refuses when no trial trained."""
+    if not table.empty:
+        files.write_atomically(out / "trials.csv", table.to_csv(index=False))
+    trained = table[(table.status == "COMPLETED") & (table.epochs > 0)] if not table.empty else table
+    if trained.empty:
+        skipped = 0 if table.empty else int((table.epochs == 0).sum())
+        raise DigitsError(f"{out}: no trial finished ({skipped} over --max-mmacs); give the search more time or budget")
+    best = trained.iloc[0]
+    hparams = model.validate_hparams(search_space(oracle.trials[best.trial].hyperparameters), "best trial")
+    train.write_json(out / "best_hparams.json", hparams)
+    return {"trial": best.trial, "score": float(best.score), "hparams": hparams}
+
+
+def throughput(table: pd.DataFrame) -> str:
+    """Trials per hour while the search ran: trials finished over the time from the first start to the last end."""
+    done = table[table.status == "COMPLETED"] if not table.empty else table
+    if len(done) < 2:
+        return ""
+    span = done.finished_at.max() - (done.finished_at - done.seconds).min()
+    return f"{len(done)} trials in {span / 60:.1f} min: {len(done) / span * 3600:.0f} trials/hour"
+
+
+# --- many tuners on this machine -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def core_shares(workers: int) -> list[list[int]]:
+    """The cores each worker is pinned to: an even split, one core each when there are more workers than cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // workers)
+    return [[cores[(k * per + i) % len(cores)] for i in range(per)] for k in range(workers)]
+
+
+class LocalTuner:
+    """One `python -m src.tune` process of a local chief-and-workers search; its output lines prefixed, and logged."""
+
+    def __init__(self, argv: list[str], tuner_id: str, port: int, cores: list[int] | None, logs: Path):
+        self.argv, self.tuner_id, self.port, self.cores, self.logs = argv, tuner_id, port, cores, logs
+        self.restarts = 0
+        self.process = self.start()
+
+    def start(self) -> subprocess.Popen:
+        env = {**os.environ, "KERASTUNER_TUNER_ID": self.tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
+               "KERASTUNER_ORACLE_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        if self.cores:
+            env.update(TF_NUM_INTRAOP_THREADS=str(len(self.cores)), TF_NUM_INTEROP_THREADS="1")
+        cores = self.cores
+        process = subprocess.Popen([sys.executable, "-m", "src.tune", *self.argv], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)  # fmt: skip
+        threading.Thread(target=self.relay, args=(process,), daemon=True).start()
+        return process
+
+    def relay(self, process: subprocess.Popen) -> None:
+        with open(self.logs / f"{self.tuner_id}.log", "a") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                if not line.startswith(("I0000", "W0000", "E0000", "WARNING: All log")):
+                    print(f"{self.tuner_id:>7} | {line}", end="", flush=True)
+
+
+def run_local(args: argparse.Namespace, argv: list[str], out: Path) -> int:
+    """A chief and `args.workers` workers on this machine; a worker that dies is started again with its id."""
+    passed = strip_option(argv, "--workers")
+    port = free_port()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    chief = LocalTuner(passed, "chief", port, None, out / "logs")
+    worker_argv = [a for a in passed if a != "--overwrite"]  # only the chief may start the search over
+    time.sleep(1)  # the chief clears the folder (--overwrite) before workers write to it
+    workers = [LocalTuner(worker_argv, f"tuner{k + 1}", port, share, out / "logs")
+               for k, share in enumerate(core_shares(args.workers))]  # fmt: skip
+    print(f"[tune] chief on 127.0.0.1:{port} (pid {chief.process.pid}); workers "
+          f"{', '.join(f'{w.tuner_id} (pid {w.process.pid}, cores {w.cores})' for w in workers)}; "
+          f"logs in {out / 'logs'}", flush=True)  # fmt: skip
+    try:
+        while chief.process.poll() is None:
+            for worker in workers:
+                restart_if_dead(worker)
+            time.sleep(0.5)
+        for worker in workers:
+            worker.process.wait(timeout=120)
+    finally:
+        for tuner in (chief, *workers):
+            if tuner.process.poll() is None:
+                tuner.process.kill()
+    return chief.process.returncode
+
+
+def restart_if_dead(worker: LocalTuner, limit: int = 3) -> None:
+    """A worker killed mid-trial is started again with its id, so the oracle hands it the same trial."""
+    code = worker.process.poll()
+    if code is None or code == 0 or worker.restarts >= limit:
+        return
+    worker.restarts += 1
+    print(f"[tune] {worker.tuner_id} exited with {code}: starting it again ({worker.restarts}/{limit}); "
+          "its trial runs again", flush=True)  # fmt: skip
+    worker.process = worker.start()
+    print(f"[tune] {worker.tuner_id} started again (pid {worker.process.pid})", flush=True)
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+# --- the command -----------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m src.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tuner", default="bayesian", choices=("hyperband", "bayesian", "random"))
-    parser.add_argument("--cv", type=int, metavar="K", help="objective: mean val accuracy over K folds")
+    parser.add_argument("--preset", default="fast", help="tune for this preset's run (default fast)")
+    parser.add_argument("--folds", type=int, default=1, metavar="N",
+                        help="score trials on the first N of the preset's K folds (default 1; K: its CV)")  # fmt: skip
     parser.add_argument("--max-trials", type=int, default=20)
-    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this long; keeps what it found")
-    parser.add_argument("--preset", default="smoke", help="epochs and rows per trial come from it (default smoke)")
-    parser.add_argument("--epochs", type=int, help="epochs per trial (Hyperband: the most a trial gets)")
-    parser.add_argument("--max-rows", type=int, help="tune on a stratified subsample of this many rows")
+    parser.add_argument("--max-minutes", type=float, help="hand out no new trial after this long; keeps what it found")
+    parser.add_argument("--epochs", type=int, help="epochs per trial instead of the preset's (quick checks)")
+    parser.add_argument(
+        "--max-rows", type=int, help="a stratified subsample instead of the preset's rows (quick checks)"
+    )
+    parser.add_argument("--workers", type=int, help="start a chief and N workers on this machine")
     parser.add_argument("--data-dir")
     parser.add_argument("--name", default="default", help="search name: output in runs/tuning/<name>/")
-    parser.add_argument("--out", help="output folder (default: runs/tuning/<name>/)")
+    parser.add_argument(
+        "--out", help="output folder (default: runs/tuning/<name>/); shared by all machines if it can be"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-mmacs", type=float, default=45.0,
                         help="skip models above this many million MACs per image (default 45, 3x the default "
@@ -181,56 +354,71 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.cv is not None and args.cv < 2:
-        raise DigitsError(f"--cv {args.cv}: needs at least 2 folds")
-    preset = get_preset(args.preset)
-    out = Path(args.out) if args.out else Path("runs") / "tuning" / args.name
+def check_args(args: argparse.Namespace, folds: int) -> None:
+    if not 1 <= args.folds <= folds:
+        raise DigitsError(f"--folds {args.folds}: the preset {args.preset!r} has {folds} folds; use 1 to {folds}")
+    if args.workers is not None and args.workers < 1:
+        raise DigitsError(f"--workers {args.workers}: needs at least 1")
+
+
+def load_rows(args: argparse.Namespace, preset) -> tuple[np.ndarray, np.ndarray]:
+    """images uint8 [N, 28, 28], labels int [N]: the preset's rows (or --max-rows of them)."""
     folder, _ = data.find_or_demo(args.data_dir, Path("runs") / "demo-data")
     dataset = data.load(folder)
     rows = data.stratified_subsample(dataset.train_labels, args.max_rows or preset.train.max_rows or 10**9, 0)
-    images, labels = dataset.train_images[rows], dataset.train_labels[rows]
-    folds = train.make_folds(labels, args.cv, (args.seed,)) if args.cv else [holdout_fold(labels, args.seed)]
+    return dataset.train_images[rows], dataset.train_labels[rows]
 
-    import keras_tuner as kt
-    import tensorflow as tf
 
-    if not tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.enable_op_determinism()
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    preset = get_preset(args.preset)
+    check_args(args, preset.train.folds)
+    out = Path(args.out) if args.out else Path("runs") / "tuning" / args.name
+    if args.workers:
+        return run_local(args, argv, out)
+    here = role()
+    budget = TimeBudget(args.max_minutes)
     epochs = args.epochs or preset.train.epochs
-    cls = tuner_class(args.tuner)
-    common = {"objective": kt.Objective("val_accuracy", "max"), "directory": str(out), "project_name": "search",
-              "overwrite": args.overwrite, "seed": args.seed}  # fmt: skip
-    if args.tuner == "hyperband":
-        tuner = cls(lambda hp: model.build_model(search_space(hp)), max_epochs=max(2, epochs), factor=3, **common)
+    tuner = make_tuner(oracle_for(args.tuner, budget, args.max_trials, epochs, args.seed), out,
+                       args.overwrite and here != "worker", print)  # fmt: skip
+    if here == "chief":
+        print(f"[tune] chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:"
+              f"{os.environ['KERASTUNER_ORACLE_PORT']} ({args.tuner}, {out})", flush=True)  # fmt: skip
+        tuner.search()  # returns when the search is over and every worker has been told to stop
     else:
-        tuner = cls(lambda hp: model.build_model(search_space(hp)), max_trials=args.max_trials, **common)
-    tuner.budget = TimeBudget(args.max_minutes)
+        search(tuner, args, preset, epochs, budget)
+        if here == "worker":
+            print(f"[tune] {tuner.tuner_id}: the chief has no more trials; done", flush=True)
+            return 0
+    return report(tuner.oracle, out, budget, args)
+
+
+def search(tuner, args: argparse.Namespace, preset, epochs: int, budget: TimeBudget) -> None:
+    images, labels = load_rows(args, preset)
+    folds = preset_folds(labels, preset.train.folds, args.folds, args.seed)
+    train.deterministic_on_cpu()
     job = {"epochs": epochs, "train": preset.train, "augment": preset.augment, "log": print,
-           "max_mmacs": args.max_mmacs}  # fmt: skip
-    protocol = f"{args.cv}-fold CV" if args.cv else "20% holdout"
-    print(f"tuning ({args.tuner}) on {len(labels)} rows, {protocol}, {epochs} epochs per trial, in {out}", flush=True)
+           "max_mmacs": args.max_mmacs, "budget": budget}  # fmt: skip
+    protocol = f"fold(s) 1-{args.folds} of its {preset.train.folds}, {epochs} epochs per trial"
+    print(f"[tune] {tuner.tuner_id} ({args.tuner}) for preset {args.preset!r}: {len(labels)} rows, {protocol}, "
+          f"in {tuner.project_dir}", flush=True)  # fmt: skip
     try:
         tuner.search(images, labels, folds, job)
-    except StopSearch:
-        print(f"--max-minutes {args.max_minutes} spent: stopping; the trials so far are kept", flush=True)
     except RuntimeError as error:  # KerasTuner gives up after repeated failed trials; their errors are above
         raise DigitsError(f"the search stopped: {error}") from None
 
-    table = trials_table(out)
-    if not table.empty:
-        table.to_csv(out / "trials.csv", index=False)
-    if table.empty or not (table.epochs > 0).any():
-        skipped = 0 if table.empty else len(table)
-        raise DigitsError(f"{out}: no trial finished ({skipped} over --max-mmacs); give the search more time or budget")
-    best = json.loads((out / "search" / "trials" / str(table.trial.iloc[0]) / "result.json").read_text())
-    model.validate_hparams(best["hparams"], "best trial")
-    train.write_json(out / "best_hparams.json", best["hparams"])
+
+def report(oracle, out: Path, budget: TimeBudget, args: argparse.Namespace) -> int:
+    table = trials_table(oracle)
+    if budget.spent():
+        print(f"--max-minutes {args.max_minutes} spent: no new trials; the trials so far are kept", flush=True)
+    best = write_results(oracle, table, out)
     print(f"{len(table)} trials ({(table.epochs == 0).sum()} skipped over the compute budget); top 5:")
-    print(table.head(5).to_string(index=False))
-    print(f"wrote {out / 'best_hparams.json'} (score {best['score']:.5f}) and {out / 'trials.csv'}; "
-          f"use it: python -m src.submit --hparams {out / 'best_hparams.json'}")  # fmt: skip
+    print(table.drop(columns="finished_at").head(5).to_string(index=False))
+    print(throughput(table))
+    print(f"wrote {out / 'best_hparams.json'} (trial {best['trial']}, score {best['score']:.5f}) and "
+          f"{out / 'trials.csv'}; use it: python -m src.submit --hparams {out / 'best_hparams.json'}")  # fmt: skip
     return 0
 
 

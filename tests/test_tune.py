@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import keras_tuner as kt
+import numpy as np
 import pandas as pd
 import pytest
 
-from src import model, submit, tune
+from src import model, submit, train, tune
 from src.errors import DigitsError
 
 
@@ -26,26 +32,27 @@ def test_deep_valid_stacks_switch_to_same_padding():
 
 def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path, capsys):
     out = tmp_path / "search"
-    argv = ["--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400", "--max-mmacs", "0",
-            "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
+    argv = ["--preset", "smoke", "--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400",
+            "--max-mmacs", "0", "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
     assert tune.main(argv) == 0
-    assert "top 5:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "top 5:" in printed and "trial 0 starts" in printed and "trial 1 starts" in printed
     trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 2 and trials.score.between(0, 1).all() and (trials.epochs == 1).all()
+    assert sorted(trials.trial) == [0, 1] and (trials.status == "COMPLETED").all()
+    assert trials.score.between(0, 1).all() and (trials.epochs == 1).all()
     best = json.loads((out / "best_hparams.json").read_text())
-    results = [json.loads(p.read_text()) for p in (out / "search" / "trials").glob("*/result.json")]
-    assert best == max(results, key=lambda r: r["score"])["hparams"]  # the winner, whatever order trials ran in
+    winner = trials.iloc[trials.score.argmax()]
+    assert best["learning_rate"] == pytest.approx(winner.learning_rate) and best["optimizer"] == winner.optimizer
     assert set(best) == set(model.DEFAULT_HPARAMS)
 
     # Running the same command again continues the search: nothing new once max-trials is reached...
-    written = {p: p.stat().st_mtime_ns for p in (out / "search" / "trials").glob("*/result.json")}
     assert tune.main(argv) == 0
+    assert "starts" not in capsys.readouterr().out  # no trial ran again
     assert len(pd.read_csv(out / "trials.csv")) == 2
-    assert {p: p.stat().st_mtime_ns for p in written} == written  # no trial ran again
-    # A larger budget, but no time left: it stops before the next trial and keeps what it found.
-    capsys.readouterr()
-    assert tune.main([*argv[:3], "5", *argv[4:], "--max-minutes", "0"]) == 0
-    assert "--max-minutes 0.0 spent" in capsys.readouterr().out
+    # A larger budget, but no time left: the oracle hands out no new trial, and what was found is kept.
+    assert tune.main([*argv[:5], "5", *argv[6:], "--max-minutes", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "--max-minutes 0.0 spent" in printed and "starts" not in printed
     assert len(pd.read_csv(out / "trials.csv")) == 2 and (out / "best_hparams.json").is_file()
 
     spec = submit.spec_from_args(submit.parse_args(["--hparams", str(out / "best_hparams.json")]))
@@ -53,8 +60,66 @@ def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path,
 
     # ...while --overwrite starts over: the trials run afresh.
     assert tune.main([*argv, "--overwrite"]) == 0
+    assert capsys.readouterr().out.count("starts") == 2
     assert len(pd.read_csv(out / "trials.csv")) == 2
-    assert all(p.stat().st_mtime_ns != mtime for p, mtime in written.items() if p.exists())
+
+
+def test_trials_are_scored_on_the_presets_own_folds():
+    labels = np.repeat(np.arange(10), 30)
+    run_folds = train.make_folds(labels, 3, (0,))
+    folds = tune.preset_folds(labels, 3, 2, 0)
+    assert len(folds) == 2
+    for got, run in zip(folds, run_folds):
+        assert np.array_equal(got.val_index, run.val_index)  # the rows the run's fold validates on
+    with pytest.raises(DigitsError, match="--folds 4: the preset 'fast' has 3 folds"):
+        tune.main(["--preset", "fast", "--folds", "4"])
+
+
+def run_local_search(out, demo_dir, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "src.tune", "--workers", "2", "--preset", "smoke", "--tuner", "random",
+            "--max-mmacs", "0", "--data-dir", str(demo_dir), "--out", str(out), *extra]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def starts(out) -> list[str]:
+    """The trial ids the workers started, one entry per start, from their logs."""
+    logs = "".join(p.read_text() for p in sorted((out / "logs").glob("tuner*.log")))
+    return re.findall(r"\] trial (\d+) starts", logs)
+
+
+def test_a_chief_and_two_workers_run_every_trial_exactly_once(demo_dir, tmp_path):
+    out = tmp_path / "dist"
+    search = run_local_search(out, demo_dir, "--max-trials", "4", "--epochs", "1", "--max-rows", "300")
+    printed, _ = search.communicate(timeout=600)
+    assert search.returncode == 0, printed
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials.trial) == [0, 1, 2, 3] and (trials.status == "COMPLETED").all()
+    assert sorted(starts(out)) == ["0", "1", "2", "3"]  # no trial ran twice
+    assert model.validate_hparams(json.loads((out / "best_hparams.json").read_text()))
+    for worker in ("tuner1", "tuner2"):  # each asked the chief for work and was told to stop
+        assert f"{worker}: the chief has no more trials; done" in printed
+    assert re.search(r"\d+ trials/hour", printed)
+
+
+def test_a_killed_worker_loses_only_its_trial(demo_dir, tmp_path):
+    out = tmp_path / "killed"
+    search = run_local_search(out, demo_dir, "--max-trials", "3", "--epochs", "3", "--max-rows", "600")
+    lines = []
+    pid = None
+    for line in search.stdout:  # wait for tuner1 to be in the middle of a trial, then kill it
+        lines.append(line)
+        announced = re.search(r"tuner1 \(pid (\d+)", line)
+        pid = int(announced.group(1)) if announced and pid is None else pid
+        if re.search(r"tuner1 \| \[trial \d+ fold 1/1\] epoch 1/3", line):
+            os.kill(pid, signal.SIGKILL)
+            break
+    printed = "".join(lines) + search.communicate(timeout=600)[0]
+    assert search.returncode == 0, printed
+    assert "tuner1 exited with -9: starting it again" in printed
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials.trial) == [0, 1, 2] and (trials.status == "COMPLETED").all()  # recorded once each
+    started = starts(out)
+    assert sorted(set(started)) == ["0", "1", "2"] and len(started) == 4  # the killed trial, and only it, ran again
 
 
 def test_max_minutes_stops_cleanly(demo_dir, tmp_path, capsys):
@@ -73,7 +138,8 @@ def test_malformed_hparams_file_is_refused_naming_the_key(tmp_path):
 
 def test_hyperband_sets_the_epochs_of_each_trial(demo_dir, tmp_path):
     out = tmp_path / "hb"
-    argv = ["--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--cv", "2", "--max-mmacs", "0",
+    argv = ["--preset", "smoke", "--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--folds", "2",
+            "--max-mmacs", "0",
             "--data-dir", str(demo_dir), "--out", str(out)]  # fmt: skip
     assert tune.main(argv) == 0
     trials = pd.read_csv(out / "trials.csv")
