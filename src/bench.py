@@ -1,10 +1,12 @@
-"""Throughput benchmark (not a test): plain model.fit on in-memory arrays vs the kit's augmented pipeline.
+"""Throughput benchmark (not a test): plain model.fit vs the kit's augmented pipeline, and what it means for a run.
 
     python -m src.bench [--data-dir D] [--images N] [--json]
 
 Same model, same batch size, same optimizer; each fit runs two epochs over N images and the second
-epoch is timed (the first pays for tracing). With --json the last line is
-{"plain_fit_images_per_s": ..., "kit_train_images_per_s": ..., "predict_images_per_s": ..., "cpu": ...}.
+epoch is timed (the first pays for tracing). Also times augmentation alone (one thread) and, from
+the measured rates of each preset's own model, projects each preset's wall time on this machine.
+With --json the last line holds every figure: plain_fit_images_per_s, kit_train_images_per_s,
+predict_images_per_s, augment_images_per_s_per_thread, gpu_20k_cores, projected_minutes, cpu.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from src import augment, data, model
-from src.config import AugmentConfig
+from src.config import PRESETS, AugmentConfig, Preset
 from src.errors import run_cli
 
 
@@ -59,8 +61,9 @@ def fresh_model(hparams: dict, steps: int):
 
 
 def fit_seconds(
-    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int
-) -> tuple[float, float]:
+    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int,
+    config: AugmentConfig = AugmentConfig(),
+) -> tuple[float, float]:  # fmt: skip
     """(plain model.fit, kit pipeline) seconds for one epoch over images uint8 [N, 28, 28], best of `repeats`."""
     batch = hparams["batch_size"]
     steps = augment.steps_per_epoch(len(images), batch)
@@ -68,7 +71,7 @@ def fit_seconds(
     for _ in range(repeats):  # alternate, so that neither side gains from running second
         arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
         plain = min(plain, second_epoch_seconds(fresh_model(hparams, steps), arrays))
-        batches = augment.training_batches(images, labels, batch, 2, AugmentConfig(), hparams["aug_strength"], 0,
+        batches = augment.training_batches(images, labels, batch, 2, config, hparams["aug_strength"], 0,
                                            workers)  # fmt: skip
         kit = min(kit, second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps}))
     return plain, kit
@@ -80,6 +83,42 @@ def predict_seconds(hparams: dict, test: np.ndarray) -> float:
     start = time.perf_counter()
     net.predict(test[..., None], batch_size=512, verbose=0)
     return time.perf_counter() - start
+
+
+def augment_images_per_s(images: np.ndarray, hparams: dict, config: AugmentConfig) -> float:
+    """Images per second that one thread augments (batches of the model's size), best of two passes."""
+    augmenter = augment.Augmenter(config, hparams["aug_strength"])
+    batch = hparams["batch_size"]
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        for step, first in enumerate(range(0, len(images), batch)):
+            augmenter(images[first : first + batch], step)
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def preset_images(preset: Preset, n_train: int, n_test: int) -> tuple[float, float]:
+    """(images trained, images predicted) by a whole run of `preset` that never stops early."""
+    t = preset.train
+    rows = min(t.max_rows or n_train, n_train)
+    models = t.folds * len(t.seeds)
+    trained = models * t.epochs * rows * (t.folds - 1) / t.folds
+    validated = models * t.epochs * rows / t.folds
+    predicted = models * n_test * ((1 + t.tta_rounds) if t.tta else 1)
+    return trained, validated + predicted
+
+
+def projected_minutes(images: np.ndarray, labels: np.ndarray, test: np.ndarray, n_train: int) -> dict[str, float]:
+    """Each preset's wall time on this machine, from the measured rates of the preset's own model."""
+    minutes = {}
+    for name, preset in PRESETS.items():
+        hparams = model.validate_hparams(preset.hparams)
+        _, kit = fit_seconds(images, labels, hparams, 1, preset.train.workers, preset.augment)
+        predict_rate = len(test) / predict_seconds(hparams, test)
+        trained, predicted = preset_images(preset, n_train, len(test))
+        minutes[name] = round((trained * kit / len(images) + predicted / predict_rate) / 60, 1)
+    return minutes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,19 +140,32 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)  # fmt: skip
     plain, kit = fit_seconds(images, labels, hparams, args.repeats, args.workers)
     predict = predict_seconds(hparams, dataset.test_images)
+    per_thread = augment_images_per_s(images, hparams, AugmentConfig())
     result = {
         "plain_fit_images_per_s": round(n / plain, 1),
         "kit_train_images_per_s": round(n / kit, 1),
         "predict_images_per_s": round(len(dataset.test_images) / predict, 1),
+        "augment_images_per_s_per_thread": round(per_thread, 1),
+        "gpu_20k_cores": int(np.ceil(20_000 / per_thread)),
+        "projected_minutes": projected_minutes(images, labels, dataset.test_images, len(dataset.train_images)),
         "cpu": cpu_model(),
     }
-    print(f"{'plain model.fit (no augmentation)':<40}{result['plain_fit_images_per_s']:>10.1f} images/s")
-    print(f"{'kit pipeline (augmented, tf.data)':<40}{result['kit_train_images_per_s']:>10.1f} images/s")
-    print(f"{'predict':<40}{result['predict_images_per_s']:>10.1f} images/s")
-    print(f"kit / plain = {plain / kit:.2f} (best of {args.repeats} alternating runs each) on {result['cpu']}")
+    print_result(result, plain / kit, args.repeats)
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def print_result(result: dict, ratio: float, repeats: int) -> None:
+    for label, key in (("plain model.fit (no augmentation)", "plain_fit_images_per_s"),
+                       ("kit pipeline (augmented, tf.data)", "kit_train_images_per_s"),
+                       ("predict", "predict_images_per_s"),
+                       ("augmentation alone, per thread", "augment_images_per_s_per_thread")):  # fmt: skip
+        print(f"{label:<40}{result[key]:>10.1f} images/s")
+    print(f"kit / plain = {ratio:.2f} (best of {repeats} alternating runs each) on {result['cpu']}")
+    print(f"a GPU training 20,000 images/s needs {result['gpu_20k_cores']} augmentation threads (cores) to keep up")
+    projected = ", ".join(f"{name} {minutes:.0f} min" for name, minutes in result["projected_minutes"].items())
+    print(f"projected wall time on this machine (no early stopping): {projected}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,9 +40,9 @@ from src.errors import DigitsError, run_cli
 FILTER_CHOICES = [16, 24, 32, 48, 64, 96, 128]
 
 
-def search_space(hp) -> dict[str, Any]:
-    """The one definition of the search space; every default is the untuned model's value."""
-    d = model.DEFAULT_HPARAMS
+def search_space(hp, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one definition of the search space; its defaults are `base` (the preset's model), else the untuned model."""
+    d = base or model.DEFAULT_HPARAMS
     blocks = hp.Int("blocks", 1, 3, default=len(d["filters"]))
     default_filters = [*d["filters"], 128, 128][:3]
     filters = [hp.Choice(f"filters_{i}", FILTER_CHOICES, default=default_filters[i]) for i in range(3)][:blocks]
@@ -115,9 +116,10 @@ def role() -> str:
 
 
 def oracle_for(name: str, budget: TimeBudget, max_trials: int, epochs: int, seed: int):
-    """KerasTuner's oracle `name`; once the --max-minutes budget is spent it hands out no new trial.
-
-    Stopping in the oracle (not in a worker) lets the chief tell every worker to stop, and exit itself.
+    """KerasTuner's oracle `name`. Its first trial is the space's defaults (the preset's own model: the
+    baseline every other trial is compared with, on the same protocol); once the --max-minutes budget is
+    spent it hands out no new trial. Stopping in the oracle (not in a worker) lets the chief tell every
+    worker to stop, and exit itself.
     """
     import keras_tuner as kt
 
@@ -128,21 +130,26 @@ def oracle_for(name: str, budget: TimeBudget, max_trials: int, epochs: int, seed
         def populate_space(self, trial_id):
             if budget.spent():
                 return {"status": "STOPPED", "values": None}
+            if not self.trials and name != "hyperband":  # Hyperband sets each trial's epochs itself
+                return {"status": "RUNNING", "values": self.hyperparameters.values.copy()}
             return super().populate_space(trial_id)
 
     objective = kt.Objective("val_accuracy", "max")
+    seed += 1  # KerasTuner takes seed 0 for "no seed" and would draw a random one
     if name == "hyperband":
         return BudgetOracle(objective, max_epochs=max(2, epochs), factor=3, seed=seed)
+    if name == "bayesian":  # a budgeted search: the Gaussian process starts guiding after a quarter of it
+        return BudgetOracle(objective, max_trials=max_trials, seed=seed, num_initial_points=max(2, max_trials // 4))
     return BudgetOracle(objective, max_trials=max_trials, seed=seed)
 
 
-def make_tuner(oracle, out: Path, overwrite: bool, log):
-    """A KerasTuner Tuner whose trial is the kit's fold training (`score_trial`)."""
+def make_tuner(oracle, base: dict[str, Any], out: Path, overwrite: bool, log):
+    """A KerasTuner Tuner whose trial is the kit's fold training (`score_trial`) over `search_space(hp, base)`."""
     import keras_tuner as kt
 
     class KitTuner(kt.Tuner):
         def run_trial(self, trial, images, labels, folds, job):
-            hparams = search_space(trial.hyperparameters)
+            hparams = search_space(trial.hyperparameters, base)
             trial_dir = Path(self.project_dir) / "trials" / trial.trial_id
             log(f"[{self.tuner_id}] trial {trial.trial_id} starts")
             cost = forward_mmacs(hparams)
@@ -157,7 +164,7 @@ def make_tuner(oracle, out: Path, overwrite: bool, log):
             return {"val_accuracy": score, "epochs": epochs, "seconds": round(time.time() - started, 1),
                     "finished_at": time.time()}  # fmt: skip
 
-    return KitTuner(oracle, hypermodel=lambda hp: model.build_model(search_space(hp)),
+    return KitTuner(oracle, hypermodel=lambda hp: model.build_model(search_space(hp, base)),
                     directory=str(out), project_name="search", overwrite=overwrite)  # fmt: skip
 
 
@@ -186,7 +193,7 @@ def preset_folds(labels: np.ndarray, folds: int, used: int, seed: int) -> list[t
 # --- results: read from the oracle (the chief's copy), so they need no folder shared with workers ------------
 
 
-def trials_table(oracle) -> pd.DataFrame:
+def trials_table(oracle, base: dict[str, Any]) -> pd.DataFrame:
     """One row per finished trial, best first: trial, status, score, epochs, seconds, hyperparameters."""
     rows = []
     for trial in oracle.trials.values():
@@ -195,7 +202,7 @@ def trials_table(oracle) -> pd.DataFrame:
         # A failed trial has no metrics; its error is in trial_<id>/trial.json and the worker's output.
         metric = {name: trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
                   for name in ("epochs", "seconds", "finished_at")}  # fmt: skip
-        hparams = search_space(trial.hyperparameters)
+        hparams = search_space(trial.hyperparameters, base)
         flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in hparams.items()}
         rows.append({"trial": trial.trial_id, "status": trial.status, "score": trial.score,
                      "epochs": metric["epochs"], "seconds": metric["seconds"],
@@ -205,7 +212,7 @@ def trials_table(oracle) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["score", "trial"], ascending=[False, True], na_position="last")
 
 
-def write_results(oracle, table: pd.DataFrame, out: Path) -> dict:
+def write_results(oracle, base: dict[str, Any], table: pd.DataFrame, out: Path) -> dict:
     """trials.csv and best_hparams.json; the best trial's record. Refuses when no trial trained."""
     if not table.empty:
         files.write_atomically(out / "trials.csv", table.to_csv(index=False))
@@ -214,14 +221,14 @@ def write_results(oracle, table: pd.DataFrame, out: Path) -> dict:
         skipped = 0 if table.empty else int((table.epochs == 0).sum())
         raise DigitsError(f"{out}: no trial finished ({skipped} over --max-mmacs); give the search more time or budget")
     best = trained.iloc[0]
-    hparams = model.validate_hparams(search_space(oracle.trials[best.trial].hyperparameters), "best trial")
+    hparams = model.validate_hparams(search_space(oracle.trials[best.trial].hyperparameters, base), "best trial")
     train.write_json(out / "best_hparams.json", hparams)
     return {"trial": best.trial, "score": float(best.score), "hparams": hparams}
 
 
 def throughput(table: pd.DataFrame) -> str:
-    """Trials per hour while the search ran: trials finished over the time from the first start to the last end."""
-    done = table[table.status == "COMPLETED"] if not table.empty else table
+    """Trials trained per hour: trained trials over the time from the first one's start to the last one's end."""
+    done = table[(table.status == "COMPLETED") & (table.epochs > 0)] if not table.empty else table
     if len(done) < 2:
         return ""
     span = done.finished_at.max() - (done.finished_at - done.seconds).min()
@@ -277,6 +284,8 @@ def run_local(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     """A chief and `args.workers` workers on this machine; a worker that dies is started again with its id."""
     passed = strip_option(argv, "--workers")
     port = free_port()
+    if args.overwrite:  # a new search: earlier logs would only mislead
+        shutil.rmtree(out / "logs", ignore_errors=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     chief = LocalTuner(passed, "chief", port, None, out / "logs")
     worker_argv = [a for a in passed if a != "--overwrite"]  # only the chief may start the search over
@@ -380,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     here = role()
     budget = TimeBudget(args.max_minutes)
     epochs = args.epochs or preset.train.epochs
-    tuner = make_tuner(oracle_for(args.tuner, budget, args.max_trials, epochs, args.seed), out,
-                       args.overwrite and here != "worker", print)  # fmt: skip
+    base = model.validate_hparams(preset.hparams, f"preset {args.preset}")
+    oracle = oracle_for(args.tuner, budget, args.max_trials, epochs, args.seed)
+    tuner = make_tuner(oracle, base, out, args.overwrite and here != "worker", print)
     if here == "chief":
         print(f"[tune] chief: serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:"
               f"{os.environ['KERASTUNER_ORACLE_PORT']} ({args.tuner}, {out})", flush=True)  # fmt: skip
@@ -391,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         if here == "worker":
             print(f"[tune] {tuner.tuner_id}: the chief has no more trials; done", flush=True)
             return 0
-    return report(tuner.oracle, out, budget, args)
+    return report(tuner.oracle, base, out, budget, args)
 
 
 def search(tuner, args: argparse.Namespace, preset, epochs: int, budget: TimeBudget) -> None:
@@ -409,14 +419,18 @@ def search(tuner, args: argparse.Namespace, preset, epochs: int, budget: TimeBud
         raise DigitsError(f"the search stopped: {error}") from None
 
 
-def report(oracle, out: Path, budget: TimeBudget, args: argparse.Namespace) -> int:
-    table = trials_table(oracle)
+def report(oracle, base: dict[str, Any], out: Path, budget: TimeBudget, args: argparse.Namespace) -> int:
+    table = trials_table(oracle, base)
     if budget.spent():
         print(f"--max-minutes {args.max_minutes} spent: no new trials; the trials so far are kept", flush=True)
-    best = write_results(oracle, table, out)
+    best = write_results(oracle, base, table, out)
     print(f"{len(table)} trials ({(table.epochs == 0).sum()} skipped over the compute budget); top 5:")
     print(table.drop(columns="finished_at").head(5).to_string(index=False))
     print(throughput(table))
+    first = table.sort_values("trial").iloc[0]
+    if args.tuner != "hyperband" and pd.notna(first.score):  # trial 0 is the preset's own model
+        print(f"the preset's own model (trial {first.trial}) scored {first.score:.5f}; the best "
+              f"{best['score'] - first.score:+.5f} over it")  # fmt: skip
     print(f"wrote {out / 'best_hparams.json'} (trial {best['trial']}, score {best['score']:.5f}) and "
           f"{out / 'trials.csv'}; use it: python -m src.submit --hparams {out / 'best_hparams.json'}")  # fmt: skip
     return 0

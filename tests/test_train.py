@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from src import data, train
+from src.config import PRESETS
 
 
 def test_folds_are_stratified_disjoint_and_cover_every_row(demo_dir):
@@ -39,5 +40,19 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
 
     assert bench.main(["--data-dir", str(demo_dir), "--images", "256", "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"plain_fit_images_per_s", "kit_train_images_per_s", "predict_images_per_s", "cpu"}
-    assert all(result[k] > 0 for k in result if k != "cpu") and result["cpu"]
+    rates = {"plain_fit_images_per_s", "kit_train_images_per_s", "predict_images_per_s",
+             "augment_images_per_s_per_thread"}  # fmt: skip
+    assert set(result) == rates | {"gpu_20k_cores", "projected_minutes", "cpu"}
+    assert all(result[k] > 0 for k in rates) and result["cpu"] and result["gpu_20k_cores"] >= 1
+    # The projection follows the presets' sizes: full trains 10 folds x 3 seeds x 45 epochs, fast 3 x 1 x 8.
+    projected = result["projected_minutes"]
+    assert set(projected) == set(PRESETS) and projected["full"] > 10 * projected["fast"] > 0
+
+
+def test_preset_images_counts_every_fold_seed_and_epoch():
+    from src import bench
+
+    fast = PRESETS["fast"]
+    trained, predicted = bench.preset_images(fast, 42_000, 28_000)
+    assert trained == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
+    assert predicted == 3 * 8 * 14_000 + 3 * 28_000  # validation every epoch, then the test set per model

@@ -15,11 +15,17 @@ import pandas as pd
 import pytest
 
 from src import model, submit, train, tune
+from src.config import PRESETS
 from src.errors import DigitsError
 
 
 def test_search_space_defaults_are_the_untuned_model():
     assert tune.search_space(kt.HyperParameters()) == model.validate_hparams({})
+
+
+def test_search_space_defaults_can_be_a_presets_model():
+    fast = model.validate_hparams(PRESETS["fast"].hparams)
+    assert tune.search_space(kt.HyperParameters(), fast) == fast
 
 
 def test_deep_valid_stacks_switch_to_same_padding():
@@ -44,6 +50,11 @@ def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path,
     winner = trials.iloc[trials.score.argmax()]
     assert best["learning_rate"] == pytest.approx(winner.learning_rate) and best["optimizer"] == winner.optimizer
     assert set(best) == set(model.DEFAULT_HPARAMS)
+    baseline = trials[trials.trial == 0].iloc[0]  # the first trial is the preset's own model
+    smoke = model.validate_hparams(PRESETS["smoke"].hparams)
+    assert (baseline.learning_rate, baseline.batch_size, baseline.aug_strength) == (
+        smoke["learning_rate"], smoke["batch_size"], smoke["aug_strength"])  # fmt: skip
+    assert "the preset's own model (trial 0) scored" in printed
 
     # Running the same command again continues the search: nothing new once max-trials is reached...
     assert tune.main(argv) == 0
