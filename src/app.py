@@ -116,14 +116,14 @@ def runs_table(submissions: Path, runs_dir: Path) -> list[dict]:
 def report_png(runs_dir: Path, run: str, name: str, lock: threading.Lock) -> bytes:
     """A plot of a run's report, made the first time it is asked for (one at a time: matplotlib is not
     thread-safe, and the page asks for several plots at once)."""
-    from src import report
+    from src import diagnostics
 
-    if name not in report.PNGS or Path(run).name != run or not (runs_dir / run).is_dir():
+    if name not in diagnostics.PNGS or Path(run).name != run or not (runs_dir / run).is_dir():
         raise DigitsError(f"no report plot {run}/{name}")
     out = runs_dir / run / "report"
     with lock:
         if not (out / name).is_file():
-            report.make_report(runs_dir / run, out)
+            diagnostics.make_report(runs_dir / run, out)
     return (out / name).read_bytes()
 
 

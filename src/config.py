@@ -37,6 +37,7 @@ class TrainConfig:
     tta_rounds: int = 4
     max_rows: int | None = None  # stratified subsample of train.csv (smoke runs, tests)
     workers: int = 1  # threads that augment batches while the model trains
+    precision: str = "auto"  # inference: auto (src/precision.py picks per device), float32, bfloat16, float16
     hparams: str | None = None  # path of a hyperparameter JSON; None: the preset's or the defaults
 
 
@@ -50,6 +51,7 @@ class ReaderConfig:
     learning_rate: float = 2e-3
     copies: int = 2  # pen-and-photo versions of each training digit per epoch (new ones every epoch)
     reject_fraction: float = 0.15  # share of "not a digit" marks in each epoch
+    elastic_p: float = 0.0  # share of digits bent by a smooth elastic field (0.5 was tried: no better, see README)
     heldout: int = 4000  # train.csv rows the reader never sees; the OCR tests build pages from them
     max_rows: int | None = None  # train on a stratified subsample (quick checks)
     workers: int | None = None  # processes drawing training digits; None: all cores but one

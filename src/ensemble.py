@@ -44,14 +44,31 @@ def latest_run(runs_dir: Path) -> Path:
     return max(finished, key=lambda p: (p / "cv.json").stat().st_mtime)
 
 
-def load_model(fold_dir: Path):
-    """The one loader of a fold's trained model."""
+def load_model(fold_dir: Path, precision: str = "float32"):
+    """The one loader of a fold's trained model, computing in `precision` (see src/precision.py)."""
     import keras
 
     path = fold_dir / "model.keras"
     if not path.is_file():
         raise DigitsError(f"{fold_dir}: no model.keras; is the fold finished?")
-    return keras.models.load_model(path)
+    return with_precision(keras.models.load_model(path), precision)
+
+
+def with_precision(net, precision: str):
+    """The same model and weights computing in `precision`; the softmax stays float32."""
+    if precision == "float32":
+        return net
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name != "probs":
+            config["dtype"] = f"mixed_{precision}"
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(net, clone_function=clone)
+    twin.set_weights(net.get_weights())
+    return twin
 
 
 def load_fold_models(run_dir: Path, max_models: int | None = None) -> list:
@@ -76,13 +93,14 @@ def fold_predictions(
     train_images: np.ndarray | None,
     tta_rounds: int,
     aug: AugmentConfig | None,
+    precision: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(val_index [V], val probs float32 [V, 10], test probs float32 [M, 10]) of one fold's model.
 
     Without TTA the validation probabilities saved at training time are used; with TTA they are recomputed
     (that needs `train_images`) so that the CV score measures what is submitted.
     """
-    net = load_model(fold_dir)
+    net = load_model(fold_dir, precision)
     val_index = np.load(fold_dir / "val_index.npy")
     if tta_rounds and train_images is not None:
         val_probs = predict_probs(net, train_images[val_index], tta_rounds, aug, seed=seed)
@@ -101,6 +119,7 @@ def ensemble_run(
     tta_rounds: int = 0,
     aug: AugmentConfig | None = None,
     log=print,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Predict the test set with every finished fold model and average; score the out-of-fold predictions.
 
@@ -113,7 +132,8 @@ def ensemble_run(
     oof_count = np.zeros(len(train_labels), np.int64)
     test_sum = np.zeros((len(test_images), 10), np.float64)
     for i, fold_dir in enumerate(dirs, 1):
-        val_index, val_probs, test_probs = fold_predictions(fold_dir, i, test_images, train_images, tta_rounds, aug)
+        val_index, val_probs, test_probs = fold_predictions(fold_dir, i, test_images, train_images, tta_rounds, aug,
+                                                          precision)  # fmt: skip
         oof_sum[val_index] += val_probs
         oof_count[val_index] += 1
         test_sum += test_probs
@@ -127,6 +147,7 @@ def ensemble_run(
         "oof_rows": int(covered.sum()),
         "models": len(dirs),
         "tta_rounds": tta_rounds,
+        "precision": precision,
         "folds": [json.loads((d / "fold.json").read_text()) for d in dirs],
     }
     np.save(run_dir / "oof_probs.npy", oof)

@@ -23,8 +23,8 @@ from src.errors import DigitsError, run_cli
 from src.files import write_atomically
 
 SRC = Path(__file__).resolve().parent
-MODULES = ("__init__", "errors", "files", "config", "data", "augment", "model", "train", "ensemble", "registry",
-           "publish", "submit")  # fmt: skip
+MODULES = ("__init__", "errors", "files", "config", "data", "augment", "model", "train", "precision", "ensemble",
+           "registry", "publish", "submit")  # fmt: skip
 SCRIPT_NAME = "kernel.py"
 TITLE = "Digit Recognizer: augmented K-fold CNN ensemble"
 

@@ -149,6 +149,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--max-rows", type=int, help="train on a stratified subsample (quick checks)")
     parser.add_argument("--seed", type=int, help="the first member's seed (the others: seed + 1, ...)")
     parser.add_argument("--members", type=int, help="networks to train and average (default 2)")
+    parser.add_argument("--elastic", type=float, metavar="P", help="share of digits bent elastically (default 0)")
     parser.add_argument("--workers", type=int, help="processes drawing training digits (default: all cores but one)")
     parser.add_argument("--out", type=Path, default=reader.WEIGHTS, help=f"where to write (default {reader.WEIGHTS})")
     args = parser.parse_args(argv)
@@ -164,6 +165,7 @@ def train_main(argv: list[str]) -> int:
         seed=args.seed,
         members=args.members,
         workers=args.workers,
+        elastic_p=args.elastic,
     )
     images, labels, _, _ = data.load_train(folder)
     reader.build(images, labels, config, args.out, log=lambda line: print(line, flush=True))

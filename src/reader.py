@@ -101,12 +101,14 @@ def centre_line(image: np.ndarray) -> np.ndarray:
 
 
 def pen_glyph(
-    image: np.ndarray, rng: np.random.Generator, width_ratio: float | None = None, line: np.ndarray | None = None
-) -> np.ndarray:
+    image: np.ndarray, rng: np.random.Generator, width_ratio: float | None = None, line: np.ndarray | None = None,
+    bend: float = 0.0,
+) -> np.ndarray:  # fmt: skip
     """float32 [h, w] ink in 0-1: a 28x28 digit redrawn at page scale with a pen (random unless given), slant, size.
 
     The digit's centre line (`line`, traced when not given) is drawn again with a round pen, so strokes
     stay whole and even at any width; `width_ratio` is the pen's width over the digit's height (MNIST: ~1/8).
+    `bend`: the probability of an elastic bend (`elastic`).
     """
     line = centre_line(image) if line is None else line
     height = int(rng.integers(30, 96))
@@ -122,7 +124,7 @@ def pen_glyph(
     matrix[0, 1] += shear
     matrix[0, 2] -= shear * centre[1]
     stroke = cv2.warpAffine(big, matrix, big.shape[::-1], flags=cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
+    if bend and rng.random() < bend:
         stroke = elastic(stroke, rng, height)
     stroke = (stroke > 0.3).astype(np.uint8)
     if width_ratio is None:  # from a fine pen (1/30 of the height) to a marker (1/5)
@@ -223,13 +225,13 @@ def as_photographed(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augmented_digit(
-    images: np.ndarray, index: int, rng: np.random.Generator, lines: list[np.ndarray] | None = None
+    images: np.ndarray, index: int, rng: np.random.Generator, lines: list[np.ndarray] | None = None, bend: float = 0.0
 ) -> np.ndarray:
     """uint8 [28, 28]: digit `index` of `images` through pen, photo and the OCR normalisation.
 
-    `lines`: the digits' centre lines, traced once for a whole training set.
+    `lines`: the digits' centre lines, traced once for a whole training set; `bend`: see `pen_glyph`.
     """
-    ink = pen_glyph(images[index], rng, line=lines[index] if lines else None)
+    ink = pen_glyph(images[index], rng, line=lines[index] if lines else None, bend=bend)
     if rng.random() < 0.15:
         ink = partial(ink, rng, 0.03, 0.15)
     if rng.random() < 0.2:
@@ -293,15 +295,15 @@ def heldout_rows(labels: np.ndarray, n: int) -> np.ndarray:
 PART = 4096  # digits drawn per task: an epoch's data is the same however many processes draw it
 
 
-def epoch_parts(n_images: int, config: ReaderConfig, seed: int) -> list[tuple[np.ndarray, int, list[int]]]:
-    """One epoch as tasks (rows of `images` to draw, "not a digit" marks to draw, the task's seed)."""
+def epoch_parts(n_images: int, config: ReaderConfig, seed: int) -> list[tuple[np.ndarray, int, list[int], float]]:
+    """One epoch as tasks (rows of `images` to draw, "not a digit" marks to draw, the task's seed, elastic share)."""
     order = np.tile(np.arange(n_images), config.copies)
     marks_per_digit = config.reject_fraction / (1 - config.reject_fraction)
     parts = []
     for k, start in enumerate(range(0, len(order), PART)):
         stop = min(start + PART, len(order))
         marks = int(stop * marks_per_digit) - int(start * marks_per_digit)
-        parts.append((order[start:stop], marks, [seed, k]))
+        parts.append((order[start:stop], marks, [seed, k], config.elastic_p))
     return parts
 
 
@@ -309,9 +311,9 @@ def draw_part(
     images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray] | None, part: tuple
 ) -> tuple[np.ndarray, np.ndarray]:
     """(x uint8 [n, 28, 28], y int64 [n]) for one task of `epoch_parts`: pen digits, then marks."""
-    rows, marks, seed = part
+    rows, marks, seed, bend = part
     rng = np.random.default_rng(seed)
-    digits = [augmented_digit(images, int(index), rng, lines) for index in rows]
+    digits = [augmented_digit(images, int(index), rng, lines, bend) for index in rows]
     x = np.stack(digits + [augmented_mark(images, rng) for _ in range(marks)])
     return x, np.concatenate([labels[rows].astype(np.int64), np.full(marks, NOT_A_DIGIT)])
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from src import data, model, publish
+from src import data, model, precision, publish
 from src.config import AugmentConfig, TrainConfig, get_preset, to_dict, with_overrides
 from src.errors import DigitsError, run_cli
 from src.files import write_atomically
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-rows", type=int, help="train on a stratified subsample of this many rows")
     parser.add_argument("--workers", type=int, help="augmentation threads (default 1)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
+    parser.add_argument("--precision", choices=precision.CHOICES,
+                        help="float type of inference (default auto: bfloat16 where the CPU or GPU has it, float16 "
+                             "on P100/V100/T4, else float32)")  # fmt: skip
     parser.add_argument("--resume", metavar="RUN", help="finish an interrupted run (its folder under runs/)")
     parser.add_argument("--message", "-m", default="", help="note stored in the metadata")
     return parser.parse_args(argv)
@@ -76,6 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         workers=args.workers,
         hparams=args.hparams,
     )
+    train = with_overrides(train, precision=precision.resolve(args.precision or train.precision))  # recorded as run
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
     elif preset.hparams_file:
@@ -109,6 +113,7 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 def spec_from_run(run_dir: Path) -> RunSpec:
     saved = saved_config(run_dir)
     train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"])})
+    train = with_overrides(train, precision=precision.resolve(train.precision))  # runs from before --precision
     return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), saved["hparams"], saved["hparams_source"])
 
 
@@ -182,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams from {spec.hparams_source}")  # fmt: skip
+        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; predicts in {spec.train.precision}")  # fmt: skip
 
     t0 = time.perf_counter()
     train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, run_dir, log)
     durations = {"train": time.perf_counter() - t0}
     t0 = time.perf_counter()
     tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
-    result = ensemble.ensemble_run(run_dir, labels, dataset.test_images, images, tta_rounds, spec.augment, log)
+    result = ensemble.ensemble_run(run_dir, labels, dataset.test_images, images, tta_rounds, spec.augment, log,
+                                   spec.train.precision)  # fmt: skip
     durations |= {"predict": time.perf_counter() - t0, "total": time.perf_counter() - started}
     log(
         f"CV accuracy {result['cv_accuracy']:.5f} over {result['oof_rows']} out-of-fold rows, {result['models']} models"
