@@ -79,7 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         workers=args.workers,
         hparams=args.hparams,
     )
-    train = with_overrides(train, precision=precision.resolve(args.precision or train.precision))  # recorded as run
+    train = with_overrides(train, precision=args.precision)
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
     elif preset.hparams_file:
@@ -113,7 +113,6 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 def spec_from_run(run_dir: Path) -> RunSpec:
     saved = saved_config(run_dir)
     train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"])})
-    train = with_overrides(train, precision=precision.resolve(train.precision))  # runs from before --precision
     return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), saved["hparams"], saved["hparams_source"])
 
 
@@ -182,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     from src import ensemble, train
 
     train.deterministic_on_cpu()
+    # "auto" becomes what this machine computes fastest in, and the run records that (after the data checks:
+    # asking the device loads TensorFlow)
+    resolved = precision.resolve(spec.train.precision)
+    spec = dataclasses.replace(spec, train=with_overrides(spec.train, precision=resolved))
     rows = data.stratified_subsample(dataset.train_labels, spec.train.max_rows or len(dataset.train_labels), 0)
     images, labels = dataset.train_images[rows], dataset.train_labels[rows]
     stamp = publish.timestamp()
