@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src import augment, data, model
+from src import augment, data, model, precision
 from src.config import PRESETS, AugmentConfig, Preset
 from src.errors import run_cli
 
@@ -42,15 +42,9 @@ def second_epoch_seconds(net, fit_args: dict) -> float:
 
 def cpu_model() -> str:
     """The CPU's model name: machines of one kind differ by up to 2x, so every figure carries it."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or "unknown"
+    return precision.cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def fresh_model(hparams: dict, steps: int):
@@ -61,20 +55,29 @@ def fresh_model(hparams: dict, steps: int):
 
 
 def fit_seconds(
-    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int,
-    config: AugmentConfig = AugmentConfig(),
-) -> tuple[float, float]:  # fmt: skip
+    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int
+) -> tuple[float, float]:
     """(plain model.fit, kit pipeline) seconds for one epoch over images uint8 [N, 28, 28], best of `repeats`."""
-    batch = hparams["batch_size"]
-    steps = augment.steps_per_epoch(len(images), batch)
     plain, kit = float("inf"), float("inf")
     for _ in range(repeats):  # alternate, so that neither side gains from running second
-        arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
-        plain = min(plain, second_epoch_seconds(fresh_model(hparams, steps), arrays))
-        batches = augment.training_batches(images, labels, batch, 2, config, hparams["aug_strength"], 0,
-                                           workers)  # fmt: skip
-        kit = min(kit, second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps}))
+        plain = min(plain, plain_seconds(images, labels, hparams))
+        kit = min(kit, kit_seconds(images, labels, hparams, workers, AugmentConfig()))
     return plain, kit
+
+
+def plain_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict) -> float:
+    """Seconds of model.fit's second epoch on in-memory arrays."""
+    batch = hparams["batch_size"]
+    arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
+    return second_epoch_seconds(fresh_model(hparams, augment.steps_per_epoch(len(images), batch)), arrays)
+
+
+def kit_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict, workers: int, config: AugmentConfig) -> float:
+    """Seconds of the second epoch through the kit's augmented tf.data pipeline."""
+    batch = hparams["batch_size"]
+    steps = augment.steps_per_epoch(len(images), batch)
+    batches = augment.training_batches(images, labels, batch, 2, config, hparams["aug_strength"], 0, workers)
+    return second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps})
 
 
 def predict_seconds(hparams: dict, test: np.ndarray) -> float:
@@ -114,7 +117,7 @@ def projected_minutes(images: np.ndarray, labels: np.ndarray, test: np.ndarray, 
     minutes = {}
     for name, preset in PRESETS.items():
         hparams = model.validate_hparams(preset.hparams)
-        _, kit = fit_seconds(images, labels, hparams, 1, preset.train.workers, preset.augment)
+        kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment)
         predict_rate = len(test) / predict_seconds(hparams, test)
         trained, predicted = preset_images(preset, n_train, len(test))
         minutes[name] = round((trained * kit / len(images) + predicted / predict_rate) / 60, 1)

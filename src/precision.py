@@ -22,15 +22,20 @@ def choose(gpu_capability: tuple[int, int] | None, cpu_flags: set[str]) -> str:
     return "bfloat16" if {"amx_bf16", "avx512_bf16"} & cpu_flags else "float32"
 
 
-def cpu_flags() -> set[str]:
+def cpuinfo(field: str) -> str | None:
+    """The value of `field` ("flags", "model name") of the first CPU in /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or "").split())
 
 
 def gpu_capability() -> tuple[int, int] | None:
