@@ -39,6 +39,9 @@ class TrainConfig:
     workers: int = 1  # threads that augment batches while the model trains
     precision: str = "auto"  # inference: auto (src/precision.py picks per device), float32, bfloat16, float16
     hparams: str | None = None  # path of a hyperparameter JSON; None: the preset's or the defaults
+    # Semi-supervised second round: test images that round 1 predicts with at least this probability join
+    # the training rows, labelled with that prediction; 0 trains one round. See train.pseudo_labels.
+    pseudo: float = 0.0
 
 
 @dataclass(frozen=True)

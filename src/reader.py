@@ -33,8 +33,14 @@ from src.errors import DigitsError
 NOT_A_DIGIT = 10
 CLASSES = 11
 WEIGHTS = Path(__file__).with_name("reader.npz")
-# One spec, two executors: Keras trains it, NumPy runs it.
-LAYERS: tuple[tuple[str, int], ...] = (
+# One spec, two executors: Keras trains it, NumPy runs it. Saved with the weights, so a reader file
+# says how to run itself.
+Layers = tuple[tuple[str, int], ...]
+LAYERS: Layers = (
+    ("conv", 32), ("conv", 32), ("pool", 0), ("conv", 64), ("conv", 64), ("pool", 0), ("dense", 256),
+    ("dense", CLASSES),
+)  # fmt: skip
+FIRST_LAYERS: Layers = (  # readers saved before the spec was stored with them
     ("conv", 32), ("pool", 0), ("conv", 64), ("conv", 64), ("pool", 0), ("dense", 128), ("dense", CLASSES),
 )  # fmt: skip
 
@@ -358,13 +364,14 @@ def drawing_pool(images: np.ndarray, labels: np.ndarray, lines: list[np.ndarray]
 # --- the network: Keras to train, NumPy to read ------------------------------------------------------------
 
 
-def build_keras():
+def build_keras(spec: Layers | None = None):
     import keras
     from keras import layers
 
+    spec = spec or LAYERS
     inputs = keras.Input((28, 28, 1))
     x = layers.Rescaling(1 / 255)(inputs)
-    for kind, units in LAYERS:
+    for kind, units in spec:
         if kind == "conv":
             x = layers.Conv2D(units, 3, padding="same", activation="relu")(x)
         elif kind == "pool":
@@ -386,9 +393,10 @@ class Reader:
     Holds one or more members (networks trained with other seeds); their probabilities are averaged.
     """
 
-    def __init__(self, members: list[list[np.ndarray]], info: dict | None = None):
+    def __init__(self, members: list[list[np.ndarray]], info: dict | None = None, layers: Layers | None = None):
         self.members = [[w.astype(np.float32) for w in weights] for weights in members]
         self.info = info or {}
+        self.layers = layers or LAYERS
 
     @classmethod
     def load(cls, path: Path = WEIGHTS) -> Reader:
@@ -402,12 +410,12 @@ class Reader:
             raise DigitsError(
                 f"{path}: not reader weights ({error}); rebuild them with python -m src.ocr train"
             ) from None
-        return cls(members, info)
+        return cls(members, info, tuple((kind, units) for kind, units in info.get("layers", FIRST_LAYERS)))
 
     def save(self, path: Path) -> None:
         from src.files import write_atomically
 
-        info = {**self.info, "members": len(self.members), "arrays": len(self.members[0])}
+        info = {**self.info, "members": len(self.members), "arrays": len(self.members[0]), "layers": self.layers}
         arrays = {f"m{m}_w{i}": w.astype(np.float16) for m, ws in enumerate(self.members) for i, w in enumerate(ws)}
         buffer = io.BytesIO()
         np.savez_compressed(buffer, info=json.dumps(info), **arrays)
@@ -419,13 +427,14 @@ class Reader:
 
     def forward(self, digits: np.ndarray) -> np.ndarray:
         x = digits.astype(np.float32)[..., None] / 255
-        return np.mean([member_forward(weights, x) for weights in self.members], axis=0).astype(np.float32)
+        members = [member_forward(weights, x, self.layers) for weights in self.members]
+        return np.mean(members, axis=0).astype(np.float32)
 
 
-def member_forward(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+def member_forward(weights: list[np.ndarray], x: np.ndarray, spec: Layers) -> np.ndarray:
     """Softmax probabilities float32 [N, 11] of one network for x float32 [N, 28, 28, 1] in 0-1."""
     params = iter(weights)
-    for kind, _ in LAYERS:
+    for kind, _ in spec:
         if kind == "conv":
             x = np.maximum(conv3x3(x, next(params)) + next(params), 0)
         elif kind == "pool":

@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-rows", type=int, help="train on a stratified subsample of this many rows")
     parser.add_argument("--workers", type=int, help="augmentation threads (default 1)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
+    parser.add_argument("--pseudo", type=float, metavar="P",
+                        help="semi-supervised: a second round that also trains on the test images round 1 predicts "
+                             "with probability >= P (e.g. 0.99); CV stays on train rows")  # fmt: skip
     parser.add_argument("--precision", choices=precision.CHOICES,
                         help="float type of inference (default auto: bfloat16 where the CPU or GPU has it, float16 "
                              "on P100/V100/T4, else float32)")  # fmt: skip
@@ -68,6 +71,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         raise DigitsError(f"--folds {args.folds}: K-fold needs at least 2 folds")
     if args.epochs is not None and args.epochs < 1:
         raise DigitsError(f"--epochs {args.epochs}: must be at least 1")
+    if args.pseudo is not None and not 0 <= args.pseudo <= 1:
+        raise DigitsError(f"--pseudo {args.pseudo}: a probability in 0-1 (e.g. 0.99; 0 trains one round)")
     train = with_overrides(
         preset.train,
         folds=args.folds,
@@ -78,6 +83,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         max_rows=args.max_rows,
         workers=args.workers,
         hparams=args.hparams,
+        pseudo=args.pseudo,
     )
     train = with_overrides(train, precision=args.precision)
     if train.hparams:
@@ -152,7 +158,8 @@ def publish_run(args, spec: RunSpec, run_dir: Path, result: dict[str, Any], stam
     cv = result["cv_accuracy"]
     metadata = {
         "run": str(run_dir), "preset": spec.preset, "message": args.message, "created": stamp,
-        "cv_accuracy": cv, "test_rows": test_rows, "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
+        "cv_accuracy": cv, "round1_cv_accuracy": result.get("round1_cv_accuracy"), "test_rows": test_rows,
+        "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
         "seeds": list(spec.train.seeds), "folds": spec.train.folds, "tta_rounds": result["tta_rounds"],
         "hparams": spec.hparams, "hparams_source": spec.hparams_source,
         "train": to_dict(spec.train), "augment": to_dict(spec.augment),
@@ -167,6 +174,35 @@ def publish_run(args, spec: RunSpec, run_dir: Path, result: dict[str, Any], stam
     return path
 
 
+def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, run_dir: Path,
+                      log) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
+    """(the ensemble's result, seconds spent training and predicting): one round, or with --pseudo two.
+
+    Round 1 of a pseudo-labelled run lives in <run>/round1/; round 2, whose models are the run's, in <run>/.
+    """
+    from src import ensemble, train
+
+    tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
+    durations = {"train": 0.0, "predict": 0.0}
+
+    def one_round(folder: Path, pseudo: train.Pseudo | None = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, folder, log, pseudo)
+        t1 = time.perf_counter()
+        result = ensemble.ensemble_run(folder, labels, test_images, images, tta_rounds, spec.augment, log,
+                                       spec.train.precision)  # fmt: skip
+        durations["train"] += t1 - t0
+        durations["predict"] += time.perf_counter() - t1
+        return result
+
+    if not spec.train.pseudo:
+        return one_round(run_dir), durations
+    first = one_round(run_dir / "round1")
+    log(f"round 1: CV {first['cv_accuracy']:.5f}; round 2 also trains on the test images round 1 is sure of")
+    result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo))
+    return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
@@ -178,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     source = {"folder": str(folder), "demo": demo, "hashes": dataset.hashes}
     log(f"data: {folder} ({len(dataset.train_images)} train, {len(dataset.test_images)} test images)")
 
-    from src import ensemble, train
+    from src import train
 
     train.deterministic_on_cpu()
     # "auto" becomes what this machine computes fastest in, and the run records that (after the data checks:
@@ -192,14 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
         f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; predicts in {spec.train.precision}")  # fmt: skip
 
-    t0 = time.perf_counter()
-    train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, run_dir, log)
-    durations = {"train": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
-    result = ensemble.ensemble_run(run_dir, labels, dataset.test_images, images, tta_rounds, spec.augment, log,
-                                   spec.train.precision)  # fmt: skip
-    durations |= {"predict": time.perf_counter() - t0, "total": time.perf_counter() - started}
+    result, durations = train_and_predict(spec, images, labels, dataset.test_images, run_dir, log)
+    durations["total"] = time.perf_counter() - started
     log(
         f"CV accuracy {result['cv_accuracy']:.5f} over {result['oof_rows']} out-of-fold rows, {result['models']} models"
     )

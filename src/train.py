@@ -89,6 +89,30 @@ def fold_seed(seed: int, fold: int) -> int:
     return seed * 1000 + fold
 
 
+@dataclass(frozen=True)
+class Pseudo:
+    """Round 2 of a semi-supervised run: where round 1's fold models left their test predictions."""
+
+    test_images: np.ndarray  # uint8 [M, 28, 28]
+    round_one: Path  # run folder of round 1: <fold>/test_probs.npy, float32 [M, 10]
+    threshold: float
+
+    def for_fold(self, fold: Fold) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [P, 28, 28], labels int64 [P]): test images round 1's model of this fold is sure of.
+
+        Only that model never saw this fold's validation rows, so the fold's score stays out-of-fold.
+        """
+        probs = np.load(self.round_one / fold.name / "test_probs.npy")
+        rows, labels = pseudo_labels(probs, self.threshold)
+        return self.test_images[rows], labels
+
+
+def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [P], labels int64 [P]) of the predictions probs float32 [M, 10] whose top probability >= threshold."""
+    rows = np.flatnonzero(probs.max(axis=1) >= threshold)
+    return rows, probs[rows].argmax(axis=1).astype(np.int64)
+
+
 def train_fold(
     images: np.ndarray,
     labels: np.ndarray,
@@ -100,16 +124,21 @@ def train_fold(
     progress: Progress,
     label: str,
     extra_callbacks: tuple = (),
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Train one model on `fold.train_index` of images uint8 [N, 28, 28]; save it and its OOF probabilities."""
+    """Train one model on `fold.train_index` of images uint8 [N, 28, 28] (plus `extra` (images, labels), e.g.
+    pseudo-labelled test images); save it and its OOF probabilities."""
     import keras
 
     seed = fold_seed(fold.seed, fold.fold)
     keras.utils.set_random_seed(seed)
     batch_size = hparams["batch_size"]
-    steps = augment.steps_per_epoch(len(fold.train_index), batch_size)
-    batches = augment.training_batches(images[fold.train_index], labels[fold.train_index], batch_size, train.epochs,
-                                       aug, hparams["aug_strength"], seed, train.workers)  # fmt: skip
+    train_x, train_y = images[fold.train_index], labels[fold.train_index]
+    if extra is not None:
+        train_x, train_y = np.concatenate([train_x, extra[0]]), np.concatenate([train_y, extra[1]])
+    steps = augment.steps_per_epoch(len(train_y), batch_size)
+    batches = augment.training_batches(train_x, train_y, batch_size, train.epochs, aug, hparams["aug_strength"],
+                                       seed, train.workers)  # fmt: skip
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     net = model.compile_model(model.build_model(hparams), hparams, steps * train.epochs, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +157,7 @@ def train_fold(
         "epochs_run": len(val_acc),
         "train_seconds": round(seconds, 1),
         "train_images_per_s": round(len(val_acc) * steps * batch_size / seconds, 1),
+        "pseudo_rows": 0 if extra is None else len(extra[1]),
     }
     write_json(out_dir / "fold.json", summary)  # written last: its presence marks the fold finished
     return summary
@@ -173,8 +203,12 @@ def train_folds(
     aug: AugmentConfig,
     run_dir: Path,
     log=print,
+    pseudo: Pseudo | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every (seed, fold) not already finished in `run_dir`; return all folds' summaries."""
+    """Train every (seed, fold) not already finished in `run_dir`; return all folds' summaries.
+
+    With `pseudo`, each fold also trains on the test images round 1's model of that fold is sure of.
+    """
     folds = make_folds(labels, train.folds, train.seeds)
     progress = Progress(len(folds) * train.epochs, log)
     summaries = []
@@ -186,7 +220,11 @@ def train_folds(
             progress.skip(train.epochs)
             log(f"{label} finished earlier: val_acc {summary['val_accuracy']:.4f} (resume)")
         else:
-            summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label)
+            extra = pseudo.for_fold(fold) if pseudo else None
+            if extra is not None:
+                log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold})")
+            summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label,
+                                 extra=extra)  # fmt: skip
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries

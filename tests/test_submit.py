@@ -132,3 +132,23 @@ def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
     monkeypatch.setitem(config.PRESETS, "tuned", preset)
     spec = submit.spec_from_args(submit.parse_args(["--preset", "tuned"]))
     assert spec.hparams["dense"] == 256 and spec.hparams_source == str(tuned)
+
+
+def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
+    result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--out", "subs",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round 2 also trains on the test images" in result.stdout and "pseudo-labelled test images" in result.stdout
+    meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
+    run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
+    round_one = json.loads((run / "round1" / "cv.json").read_text())
+    assert meta["round1_cv_accuracy"] == round_one["cv_accuracy"] and meta["train"]["pseudo"] == 0.5
+    folds = [json.loads((run / f"seed0_fold{k}" / "fold.json").read_text()) for k in (0, 1)]
+    assert all(0 < f["pseudo_rows"] <= 539 for f in folds)  # some of the demo's 539 test images, never more
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["oof_rows"] == 1258 and meta["cv_accuracy"] == cv["cv_accuracy"]  # scored on train rows only
+
+
+def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
+    result = run_submit("--pseudo", "1.5", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--pseudo 1.5" in result.stderr

@@ -56,3 +56,26 @@ def test_preset_images_counts_every_fold_seed_and_epoch():
     trained, predicted = bench.preset_images(fast, 42_000, 28_000)
     assert trained == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
     assert predicted == 3 * 8 * 14_000 + 3 * 28_000  # validation every epoch, then the test set per model
+
+
+def test_pseudo_labels_keep_only_the_sure_predictions():
+    probs = np.array([[0.995, 0.005] + [0] * 8, [0.6, 0.4] + [0] * 8, [0.0, 0.999, 0.001] + [0] * 7], np.float32)
+    rows, labels = train.pseudo_labels(probs, 0.99)
+    assert rows.tolist() == [0, 2] and labels.tolist() == [0, 1]
+    assert len(train.pseudo_labels(probs, 1.0)[0]) == 0
+
+
+def test_each_fold_takes_pseudo_labels_from_its_own_round_one_model(tmp_path):
+    """Only round 1's model of fold k never saw fold k's validation rows: its predictions, not the ensemble's."""
+    test_images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    folds = train.make_folds(np.repeat(np.arange(10), 4), 2, (0,))
+    sure = np.eye(10, dtype=np.float32)[[3, 5, 7]]
+    for fold, unsure_row in zip(folds, (0, 2)):
+        (tmp_path / fold.name).mkdir()
+        probs = sure.copy()
+        probs[unsure_row] = 0.1
+        np.save(tmp_path / fold.name / "test_probs.npy", probs)
+    pseudo = train.Pseudo(test_images, tmp_path, 0.99)
+    images, labels = pseudo.for_fold(folds[0])
+    assert labels.tolist() == [5, 7] and np.array_equal(images, test_images[[1, 2]])
+    assert pseudo.for_fold(folds[1])[1].tolist() == [3, 5]
