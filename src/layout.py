@@ -8,6 +8,7 @@ are the empty vertical bands that at least two lines have ink on both sides of; 
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -103,28 +104,55 @@ def attach_fragments(boxes: list[Box], typical: float) -> list[Box]:
     return sorted(result, key=lambda b: b[0])
 
 
-def split_touching(box: Box, mask: np.ndarray, typical_width: float) -> list[Box]:
-    """A box much wider than a digit cut into digits at the columns with the least ink.
+MAX_CUTS = 6  # candidate cut columns per wide box: at most C(8, 2) = 28 pieces to read
 
-    The caller keeps the split only when the reader is surer of the pieces than of the whole.
+
+def segmentations(box: Box, mask: np.ndarray, typical_width: float) -> list[list[Box]]:
+    """The ways a box wider than a digit may be cut into 2-4 touching digits (none for a digit-wide box).
+
+    Cuts go at the columns with the least ink; the caller reads every piece and keeps the segmentation
+    the reader is surest of, or the whole box.
     """
     x, y, w, h = box
-    count = int(round(w / typical_width))
-    if w < 1.4 * typical_width or count < 2:
-        return [box]
+    if w < SPLIT_WIDTH * typical_width:
+        return []
     profile = mask[y : y + h, x : x + w].sum(axis=0).astype(float)
-    cuts = []
-    for k in range(1, count):
-        centre = int(k * w / count)
-        lo, hi = max(1, centre - w // (3 * count)), min(w - 1, centre + w // (3 * count))
-        cuts.append(lo + int(np.argmin(profile[lo:hi])) if hi > lo else centre)
-    edges = [0, *cuts, w]
-    pieces = []
-    for a, b in zip(edges, edges[1:]):
-        rows = np.flatnonzero(mask[y : y + h, x + a : x + b].any(axis=1))
-        if len(rows) and b > a:
-            pieces.append((x + a, y + int(rows[0]), b - a, int(rows[-1] - rows[0] + 1)))
-    return pieces
+    narrowest = max(2, int(MIN_PIECE * h))
+    cuts = cut_columns(profile, narrowest)
+    options = []
+    for count in range(1, min(3, len(cuts)) + 1):
+        for chosen in itertools.combinations(cuts, count):
+            edges = [0, *chosen, w]
+            widths = np.diff(edges)
+            if widths.min() >= narrowest and widths.max() <= MAX_PIECE * typical_width:
+                options.append([piece for a, b in zip(edges, edges[1:]) if (piece := trimmed(box, mask, a, b))])
+    # touching digits are about as tall as each other: a short piece is a fragment, not a digit
+    return [pieces for pieces in options if len(pieces) > 1 and min(p[3] for p in pieces) >= MIN_HEIGHT * h]
+
+
+SPLIT_WIDTH = 1.1  # boxes this many typical digit widths wide may be touching digits (a 1 beside a 4: ~1.3)
+MIN_PIECE = 0.12  # of the box's height: narrower than a 1 is no digit
+MAX_PIECE = 1.6  # typical digit widths
+MIN_HEIGHT = 0.5  # of the box's height
+
+
+def cut_columns(profile: np.ndarray, narrowest: int) -> list[int]:
+    """Up to MAX_CUTS columns, sorted, at local minima of the ink per column `profile`, `narrowest` apart."""
+    smooth = np.convolve(profile, np.ones(3) / 3, mode="same")
+    inner = range(narrowest, len(profile) - narrowest + 1)
+    minima = [c for c in inner if smooth[c] <= smooth[c - 1] and smooth[c] <= smooth[min(c + 1, len(smooth) - 1)]]
+    kept: list[int] = []
+    for c in sorted(minima, key=lambda c: smooth[c]):
+        if len(kept) < MAX_CUTS and all(abs(c - k) >= narrowest for k in kept):
+            kept.append(c)
+    return sorted(kept)
+
+
+def trimmed(box: Box, mask: np.ndarray, a: int, b: int) -> Box | None:
+    """Columns a..b of `box`, cut to the rows that hold ink (None when there is none)."""
+    x, y, w, h = box
+    rows = np.flatnonzero(mask[y : y + h, x + a : x + b].any(axis=1))
+    return (x + a, y + int(rows[0]), b - a, int(rows[-1] - rows[0] + 1)) if len(rows) and b > a else None
 
 
 # --- boxes -> lines, blocks, groups --------------------------------------------------------------------
@@ -239,14 +267,17 @@ def same_row(a: list[Box], b: list[Box]) -> bool:
     return abs(centre_y(a[-1]) - centre_y(b[0])) < 0.5 * size + 0.3 * gap
 
 
+GROUP_GAP = 1.2  # digit heights; writers leave 1.5-2 between groups, and less than 1 between digits
+
+
 def group_starts(boxes: list[Box]) -> tuple[int, ...]:
-    """Where a new group starts: a gap wider than a digit is tall and than twice the line's ordinary spacing."""
+    """Where a new group starts: a gap wider than GROUP_GAP digit heights and than twice the ordinary spacing."""
     if len(boxes) < 2:
         return ()
     gaps = [b[0] - (a[0] + a[2]) for a, b in zip(boxes, boxes[1:])]
     height = float(np.median([b[3] for b in boxes]))
     ordinary = [g for g in gaps if g < height]
-    limit = max(height, 2 * float(np.median(ordinary)) if ordinary else 0.0)
+    limit = max(GROUP_GAP * height, 2 * float(np.median(ordinary)) if ordinary else 0.0)
     return tuple(k + 1 for k, gap in enumerate(gaps) if gap > limit)
 
 

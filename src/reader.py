@@ -252,7 +252,7 @@ def random_mark(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """float32 ink of one non-digit mark. No near-vertical bars: those are ones."""
     size = int(rng.integers(20, 80))
     canvas = np.zeros((size, size), np.float32)
-    kind = int(rng.integers(7))
+    kind = int(rng.integers(9))
     thickness = max(1, int(size * rng.uniform(0.04, 0.15)))
     c = size // 2
     if kind == 0:  # speck or smudge: a filled blob
@@ -273,6 +273,10 @@ def random_mark(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cv2.line(canvas, (c - d, c + d), (c + d, c - d), 1.0, thickness)
     elif kind == 4:  # paper texture or noise that passed the threshold
         canvas = (cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 1.5) > 0.55).astype(np.float32)
+    elif kind == 7:  # one side of a digit: what a wrong cut between touching digits leaves
+        canvas = digit_side(pen_glyph(images[rng.integers(len(images))], rng), rng)
+    elif kind == 8:  # two digits touching, taken for one mark: the pair must not read as one digit
+        canvas = touching_pair(images, rng)
     else:  # a small fragment of a digit
         ink = pen_glyph(images[rng.integers(len(images))], rng)
         h, w = ink.shape
@@ -281,6 +285,26 @@ def random_mark(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         canvas = cut_to_ink(ink[y : y + fh, x : x + fw])
         if canvas.shape[0] > 2 * canvas.shape[1]:  # a vertical bar reads as a 1 by rights
             canvas = canvas.T.copy()
+    return canvas
+
+
+def digit_side(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The left or right 30-60% of a digit's ink; a bar-like side is laid flat (an upright bar is a 1)."""
+    width = max(2, int(ink.shape[1] * rng.uniform(0.3, 0.6)))
+    side = cut_to_ink(ink[:, :width] if rng.random() < 0.5 else ink[:, -width:])
+    return side.T.copy() if side.shape[0] > 2.5 * side.shape[1] else side
+
+
+def touching_pair(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two digits written with one pen, side by side and touching or overlapping a little."""
+    pen = float(rng.uniform(1 / 25, 1 / 7))
+    first, second = (pen_glyph(images[rng.integers(len(images))], rng, pen) for _ in range(2))
+    height = first.shape[0]
+    second = cv2.resize(second, (max(2, round(second.shape[1] * height / second.shape[0])), height))
+    start = max(1, first.shape[1] - int(height * rng.uniform(0.0, 0.12)))
+    canvas = np.zeros((height, start + second.shape[1]), np.float32)
+    canvas[:, : first.shape[1]] = first
+    np.maximum(canvas[:, start:], second, out=canvas[:, start:])
     return canvas
 
 

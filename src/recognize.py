@@ -22,6 +22,7 @@ Classify = Callable[[np.ndarray], np.ndarray]
 MAX_PAGES = 500  # a PDF longer than this is refused up front rather than read for an hour
 MIN_CONFIDENCE = 0.5  # below this a mark is not confidently a digit, and is not read as one
 TURN_MARGIN = 0.03  # a turned reading must beat the upright one by this much mean confidence
+SPLIT_MARGIN = 0.05  # touching digits: the pieces must be read this much more surely than the whole box
 
 
 @dataclass
@@ -77,40 +78,54 @@ def read_file(
 
 
 def read_page(rgb: np.ndarray, classify: Classify) -> PageResult:
-    """The page's lines in reading order, in the orientation whose digits the reader is surest of."""
+    """The page's lines in reading order, in the orientation whose marks the reader is surest of."""
     if min(rgb.shape[:2]) < page.MIN_SIDE:
         return PageResult(0, [])
     small, scale = page.work_size(rgb)
     ink = page.ink_map(small)
     mask = page.binarize(ink)
-    best: tuple[float, int, list[Line]] | None = None
+    best: tuple[float, int] | None = None
     for rotation in (0, 90, 180, 270):
         k = -(rotation // 90)
-        lines, score = read_lines(np.rot90(ink, k), np.rot90(mask, k), classify)
+        score = orientation_score(np.rot90(ink, k), np.rot90(mask, k), classify)
         if best is None or score > best[0] + (TURN_MARGIN if best[1] == 0 else 1e-6):
-            shape = np.rot90(ink, k).shape
-            best = (score, rotation, [unrotate(line, rotation, shape, scale) for line in lines])
-    return PageResult(best[1], best[2])
+            best = (score, rotation)
+    k = -(best[1] // 90)
+    shape = np.rot90(ink, k).shape
+    lines = read_lines(np.rot90(ink, k), np.rot90(mask, k), classify)
+    return PageResult(best[1], [unrotate(line, best[1], shape, scale) for line in lines])
 
 
-def read_lines(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> tuple[list[Line], float]:
-    """(lines, mean confidence of the digits read) of a page in one orientation."""
+def mark_boxes(mask: np.ndarray) -> tuple[list[Box], float]:
+    """(boxes of the marks that may be digits, broken strokes joined; typical digit height) of one orientation."""
     found, typical = layout.marks(mask)
     if not found:
         return [], 0.0
-    boxes = [b for b in layout.join_broken(found, typical) if b[3] >= 0.35 * typical]
+    return [b for b in layout.join_broken(found, typical) if b[3] >= 0.35 * typical], typical
+
+
+def orientation_score(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> float:
+    """Mean confidence of the reader in the page's marks as they stand (upright digits score highest)."""
+    boxes, _ = mark_boxes(mask)
     if not boxes:
-        return [], 0.0
+        return 0.0
+    probs = with_reject_column(classify(np.stack([crop_digit(ink, mask, b) for b in boxes])))
+    return float(np.mean([p[:10].max() for p in probs]))
+
+
+def read_lines(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> list[Line]:
+    """The lines of an upright page: marks, touching digits split where the reader is surer of the pieces."""
+    boxes, typical = mark_boxes(mask)
+    if not boxes:
+        return []
     digit_boxes = [b for b in boxes if b[3] >= 0.6 * typical] or boxes
     typical_width = float(np.median([b[2] for b in digit_boxes]))
-    splits = {b: layout.split_touching(b, mask, typical_width) for b in boxes}
-    candidates = list(dict.fromkeys([*boxes, *(p for pieces in splits.values() if len(pieces) > 1 for p in pieces)]))
+    options = {b: layout.segmentations(b, mask, typical_width) for b in boxes}
+    candidates = list(dict.fromkeys([*boxes, *(p for cuts in options.values() for pieces in cuts for p in pieces)]))
     crops = np.stack([crop_digit(ink, mask, b) for b in candidates])
     probs = dict(zip(candidates, with_reject_column(classify(crops))))
-    chosen = [p for b, pieces in splits.items() for p in best_reading(b, pieces, probs)]
-    lines = [to_line(line, probs) for line in layout.layout(chosen, typical)]
-    confidences = [probs[b][:10].max() for b in chosen]
-    return lines, float(np.mean(confidences))
+    chosen = [p for b, cuts in options.items() for p in best_reading(b, cuts, probs)]
+    return [to_line(line, probs) for line in layout.layout(chosen, typical)]
 
 
 def with_reject_column(probs: np.ndarray) -> np.ndarray:
@@ -125,12 +140,14 @@ def confidence(p: np.ndarray) -> float:
     return 0.0 if p.argmax() == NOT_A_DIGIT else float(p[:10].max())
 
 
-def best_reading(box: Box, pieces: list[Box], probs: dict[Box, np.ndarray]) -> list[Box]:
-    """A wide box is one wide digit or several touching ones: keep the reading the reader is surer of."""
-    if len(pieces) < 2:
-        return [box]
-    split = np.mean([confidence(probs[p]) for p in pieces])
-    return pieces if split > confidence(probs[box]) + 0.05 else [box]
+def best_reading(box: Box, segmentations: list[list[Box]], probs: dict[Box, np.ndarray]) -> list[Box]:
+    """A wide box is one wide digit or several touching ones: keep the reading the reader is surest of."""
+    best, best_sureness = [box], confidence(probs[box]) + SPLIT_MARGIN
+    for pieces in segmentations:
+        sureness = [confidence(probs[p]) for p in pieces]
+        if np.mean(sureness) > best_sureness:
+            best, best_sureness = pieces, float(np.mean(sureness))
+    return best
 
 
 def to_line(line: layout.LineBoxes, probs: dict[Box, np.ndarray]) -> Line:
