@@ -105,6 +105,10 @@ def attach_fragments(boxes: list[Box], typical: float) -> list[Box]:
 
 
 MAX_CUTS = 6  # candidate cut columns per wide box: at most C(8, 2) = 28 pieces to read
+SPLIT_WIDTH = 1.1  # boxes this many typical digit widths wide may be touching digits (a 1 beside a 4: ~1.3)
+MIN_PIECE = 0.12  # of the box's height: narrower than a 1 is no digit
+MAX_PIECE = 1.6  # typical digit widths
+MIN_HEIGHT = 0.5  # of the box's height: touching digits are about as tall as each other
 
 
 def segmentations(box: Box, mask: np.ndarray, typical_width: float) -> list[list[Box]]:
@@ -126,14 +130,8 @@ def segmentations(box: Box, mask: np.ndarray, typical_width: float) -> list[list
             widths = np.diff(edges)
             if widths.min() >= narrowest and widths.max() <= MAX_PIECE * typical_width:
                 options.append([piece for a, b in zip(edges, edges[1:]) if (piece := trimmed(box, mask, a, b))])
-    # touching digits are about as tall as each other: a short piece is a fragment, not a digit
+    # a short piece is a fragment, not a digit
     return [pieces for pieces in options if len(pieces) > 1 and min(p[3] for p in pieces) >= MIN_HEIGHT * h]
-
-
-SPLIT_WIDTH = 1.1  # boxes this many typical digit widths wide may be touching digits (a 1 beside a 4: ~1.3)
-MIN_PIECE = 0.12  # of the box's height: narrower than a 1 is no digit
-MAX_PIECE = 1.6  # typical digit widths
-MIN_HEIGHT = 0.5  # of the box's height
 
 
 def cut_columns(profile: np.ndarray, narrowest: int) -> list[int]:
