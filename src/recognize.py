@@ -84,48 +84,63 @@ def read_page(rgb: np.ndarray, classify: Classify) -> PageResult:
     small, scale = page.work_size(rgb)
     ink = page.ink_map(small)
     mask = page.binarize(ink)
-    best: tuple[float, int] | None = None
+    best: Marks | None = None
     for rotation in (0, 90, 180, 270):
-        k = -(rotation // 90)
-        score = orientation_score(np.rot90(ink, k), np.rot90(mask, k), classify)
-        if best is None or score > best[0] + (TURN_MARGIN if best[1] == 0 else 1e-6):
-            best = (score, rotation)
-    k = -(best[1] // 90)
-    shape = np.rot90(ink, k).shape
-    lines = read_lines(np.rot90(ink, k), np.rot90(mask, k), classify)
-    return PageResult(best[1], [unrotate(line, best[1], shape, scale) for line in lines])
+        marks = turned_marks(ink, mask, rotation, classify)
+        if best is None or marks.score > best.score + (TURN_MARGIN if best.rotation == 0 else 1e-6):
+            best = marks
+    lines = read_lines(best, classify)
+    return PageResult(best.rotation, [unrotate(line, best.rotation, best.ink.shape, scale) for line in lines])
 
 
-def mark_boxes(mask: np.ndarray) -> tuple[list[Box], float]:
-    """(boxes of the marks that may be digits, broken strokes joined; typical digit height) of one orientation."""
+@dataclass
+class Marks:
+    """One orientation of a page: its ink and mask, the boxes of its marks as they stand, and their readings."""
+
+    rotation: int
+    ink: np.ndarray  # float [H, W], turned
+    mask: np.ndarray  # uint8 [H, W], turned
+    boxes: list[Box]
+    typical: float  # digit height
+    probs: dict[Box, np.ndarray]  # float32 [11] for each box
+
+    @property
+    def score(self) -> float:
+        """Mean confidence of the reader in the marks as they stand (upright digits score highest)."""
+        return float(np.mean([self.probs[b][:10].max() for b in self.boxes])) if self.boxes else 0.0
+
+
+def turned_marks(ink: np.ndarray, mask: np.ndarray, rotation: int, classify: Classify) -> Marks:
+    """The page turned by `rotation`: its marks (broken strokes joined) read as they stand."""
+    k = -(rotation // 90)
+    ink, mask = np.rot90(ink, k), np.rot90(mask, k)
     found, typical = layout.marks(mask)
-    if not found:
-        return [], 0.0
-    return [b for b in layout.join_broken(found, typical) if b[3] >= 0.35 * typical], typical
+    boxes = [b for b in layout.join_broken(found, typical) if b[3] >= 0.35 * typical] if found else []
+    return Marks(rotation, ink, mask, boxes, typical if found else 0.0, read_boxes(ink, mask, boxes, classify))
 
 
-def orientation_score(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> float:
-    """Mean confidence of the reader in the page's marks as they stand (upright digits score highest)."""
-    boxes, _ = mark_boxes(mask)
+def read_boxes(ink: np.ndarray, mask: np.ndarray, boxes: list[Box], classify: Classify) -> dict[Box, np.ndarray]:
+    """The reader's probabilities (with the "not a digit" column) for each box."""
     if not boxes:
-        return 0.0
-    probs = with_reject_column(classify(np.stack([crop_digit(ink, mask, b) for b in boxes])))
-    return float(np.mean([p[:10].max() for p in probs]))
+        return {}
+    crops = np.stack([crop_digit(ink, mask, b) for b in boxes])
+    return dict(zip(boxes, with_reject_column(classify(crops))))
 
 
-def read_lines(ink: np.ndarray, mask: np.ndarray, classify: Classify) -> list[Line]:
-    """The lines of an upright page: marks, touching digits split where the reader is surer of the pieces."""
-    boxes, typical = mark_boxes(mask)
-    if not boxes:
+def read_lines(marks: Marks, classify: Classify) -> list[Line]:
+    """The lines of an upright page: touching digits split where the reader is surer of the pieces.
+
+    The whole boxes were read when the orientation was chosen; only the pieces of cuts are read here.
+    """
+    if not marks.boxes:
         return []
-    digit_boxes = [b for b in boxes if b[3] >= 0.6 * typical] or boxes
+    digit_boxes = [b for b in marks.boxes if b[3] >= 0.6 * marks.typical] or marks.boxes
     typical_width = float(np.median([b[2] for b in digit_boxes]))
-    options = {b: layout.segmentations(b, mask, typical_width) for b in boxes}
-    candidates = list(dict.fromkeys([*boxes, *(p for cuts in options.values() for pieces in cuts for p in pieces)]))
-    crops = np.stack([crop_digit(ink, mask, b) for b in candidates])
-    probs = dict(zip(candidates, with_reject_column(classify(crops))))
+    options = {b: layout.segmentations(b, marks.mask, typical_width) for b in marks.boxes}
+    pieces = [p for cuts in options.values() for ps in cuts for p in ps if p not in marks.probs]
+    probs = {**marks.probs, **read_boxes(marks.ink, marks.mask, list(dict.fromkeys(pieces)), classify)}
     chosen = [p for b, cuts in options.items() for p in best_reading(b, cuts, probs)]
-    return [to_line(line, probs) for line in layout.layout(chosen, typical)]
+    return [to_line(line, probs) for line in layout.layout(chosen, marks.typical)]
 
 
 def with_reject_column(probs: np.ndarray) -> np.ndarray:
