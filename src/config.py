@@ -70,27 +70,22 @@ class Preset:
     hparams_file: str | None = None  # a tuned JSON, relative to the repository; no preset has one yet
 
 
+# A slimmer model (24-48 filters) trained harder (lr 2e-3, lighter dropout and augmentation): it converges in
+# a few epochs, so it is the model of both CPU presets.
+SLIM: dict[str, Any] = {"filters": [24, 48], "dropout": 0.25, "learning_rate": 0.002, "batch_size": 128,
+                        "aug_strength": 0.75}  # fmt: skip
+
 PRESETS: dict[str, Preset] = {
-    # CI and quick checks: real data in about three minutes on two CPU cores.
-    "smoke": Preset(
-        "smoke",
-        TrainConfig(folds=2, seeds=(0,), epochs=2, patience=2, max_rows=12_000),
-        AugmentConfig(),
-        {"aug_strength": 0.5},
-    ),
-    # The default: a CPU-sized K-fold ensemble in about twenty minutes on two cores. A slimmer model
-    # (24-48 filters) trained harder (lr 2e-3, lighter dropout and augmentation) converges in 8 epochs.
-    "fast": Preset(
-        "fast",
-        TrainConfig(folds=3, seeds=(0,), epochs=8, patience=8),
-        AugmentConfig(),
-        {"filters": [24, 48], "dropout": 0.25, "learning_rate": 0.002, "batch_size": 128, "aug_strength": 0.75},
-    ),
-    # The leaderboard run: more folds, seeds and epochs, elastic distortion, TTA. Use a GPU.
+    # CI and quick checks: all of train.csv, 2 folds x 2 epochs, in about two and a half minutes on two cores
+    # (CV 0.986; on 12,000 rows and the default model it was 0.948). Patience above the epochs: with --epochs 15
+    # on a small slice, validation sits at chance while BatchNorm warms up, and early stopping must not end it there.
+    "smoke": Preset("smoke", TrainConfig(folds=2, seeds=(0,), epochs=2, patience=10), AugmentConfig(), SLIM),
+    # The default: a CPU-sized K-fold ensemble in about twelve minutes on two cores.
+    "fast": Preset("fast", TrainConfig(folds=3, seeds=(0,), epochs=8, patience=8), AugmentConfig(), SLIM),
+    # The leaderboard run, sized for two CPU cores and two hours: 5 folds x 10 epochs, then a second round that
+    # also trains on the test images round 1 is sure of (pseudo-labels). On a GPU the same command is minutes.
     "full": Preset(
-        "full",
-        TrainConfig(folds=10, seeds=(0, 1, 2), epochs=45, patience=15, tta=True, workers=2),
-        AugmentConfig(elastic_p=0.2, dropout_p=0.2),
+        "full", TrainConfig(folds=5, seeds=(0,), epochs=10, patience=10, workers=2, pseudo=0.99), AugmentConfig(), SLIM
     ),
 }
 

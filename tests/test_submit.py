@@ -114,12 +114,12 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, demo_dir):
 
 def test_smoke_on_a_slice_of_the_real_data(real_slice, tmp_path):
     result = run_submit(
-        "--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "6", "--out", "subs", cwd=tmp_path
+        "--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "15", "--out", "subs", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_cv*.json")).read_text())
     assert meta["data"]["demo"] is False and meta["data"]["hashes"]
-    assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds of 750, 6 short epochs
+    assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds of 750, 15 epochs of 6 batches
     publish.validate_submission(pd.read_csv(tmp_path / "subs" / "submission.csv"), 300)
 
 
