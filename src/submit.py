@@ -197,6 +197,7 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
 
     if not spec.train.pseudo:
         return one_round(run_dir), durations
+    log("round 1 of 2; its ETAs are its own, and round 2, on train + most test rows, takes about twice as long")
     first = one_round(run_dir / "round1")
     log(f"round 1: CV {first['cv_accuracy']:.5f}; round 2 also trains on the test images round 1 is sure of")
     result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo))
