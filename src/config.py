@@ -71,7 +71,7 @@ class Preset:
 
 
 # A slimmer model (24-48 filters) trained harder (lr 2e-3, lighter dropout and augmentation): it converges in
-# a few epochs, so it is the model of both CPU presets.
+# a few epochs, which is what a CPU budget needs, so every preset uses it.
 SLIM: dict[str, Any] = {"filters": [24, 48], "dropout": 0.25, "learning_rate": 0.002, "batch_size": 128,
                         "aug_strength": 0.75}  # fmt: skip
 
