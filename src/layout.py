@@ -138,7 +138,7 @@ def cut_columns(profile: np.ndarray, narrowest: int) -> list[int]:
     """Up to MAX_CUTS columns, sorted, at local minima of the ink per column `profile`, `narrowest` apart."""
     smooth = np.convolve(profile, np.ones(3) / 3, mode="same")
     inner = range(narrowest, len(profile) - narrowest + 1)
-    minima = [c for c in inner if smooth[c] <= smooth[c - 1] and smooth[c] <= smooth[min(c + 1, len(smooth) - 1)]]
+    minima = [c for c in inner if smooth[c] <= smooth[c - 1] and smooth[c] <= smooth[c + 1]]  # narrowest >= 2
     kept: list[int] = []
     for c in sorted(minima, key=lambda c: smooth[c]):
         if len(kept) < MAX_CUTS and all(abs(c - k) >= narrowest for k in kept):
