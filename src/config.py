@@ -42,6 +42,9 @@ class TrainConfig:
     # Semi-supervised second round: test images that round 1 predicts with at least this probability join
     # the training rows, labelled with that prediction; 0 trains one round. See train.pseudo_labels.
     pseudo: float = 0.0
+    # With pseudo: round 2 also leaves out the training rows whose label round 1's out-of-fold probabilities
+    # contradict (confident learning, the report's label_issues.csv). CV still counts every row.
+    clean: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import data
+from src import data, ensemble
 from src.errors import DigitsError
 
 PNGS = ("confusion.png", "roc.png", "learning_curves.png", "mistakes.png", "label_issues.png", "samples.png")
@@ -138,22 +138,6 @@ def confident_mistakes(labels: np.ndarray, probs: np.ndarray, n: int) -> np.ndar
     return wrong[np.argsort(-probs[wrong].max(1))][:n]
 
 
-def label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Indices of rows whose given label the out-of-fold probabilities float [N, 10] contradict, surest first.
-
-    Confident learning (Northcutt et al., 2021; cleanlab's confident joint): a class's threshold is the
-    mean probability of that class over the rows labelled with it; a row's likely class is its most
-    probable class among those it clears the threshold of. A row whose likely class is not its label is
-    an issue; they are ranked by how little probability the given label gets.
-    """
-    thresholds = np.array([probs[labels == k, k].mean() if (labels == k).any() else 1.0 for k in range(10)])
-    cleared = np.where(probs >= thresholds, probs, -1.0)
-    likely = cleared.argmax(1)
-    issue = (cleared.max(1) >= 0) & (likely != labels)
-    rows = np.flatnonzero(issue)
-    return rows[np.argsort(probs[rows, labels[rows]], kind="stable")]
-
-
 def issues_table(rows: np.ndarray, train_rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     """label_issues.csv: the train.csv row, its label, the likely digit and both probabilities."""
     likely = probs[rows].argmax(1)
@@ -205,7 +189,7 @@ def make_report(run_dir: Path, out: Path) -> Path:
     worst = confident_mistakes(labels, probs, 40)
     titles = [f"true {labels[i]} pred {predicted[i]}\np={probs[i].max():.3f}" for i in worst]
     plot_grid(images[worst], titles, out / "mistakes.png", 10, f"Most confident mistakes ({len(worst)} shown)")
-    issues = label_issues(labels, probs)
+    issues = ensemble.label_issues(labels, probs)
     issues_table(issues, train_rows, labels, probs).to_csv(out / "label_issues.csv", index=False)
     titles = [f"label {labels[i]} likely {probs[i].argmax()}\np(label)={probs[i, labels[i]]:.3f}" for i in issues[:40]]
     plot_grid(images[issues[:40]], titles, out / "label_issues.png", 10,

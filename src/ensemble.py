@@ -154,3 +154,19 @@ def ensemble_run(
     np.save(run_dir / "test_probs.npy", test)
     write_atomically(run_dir / "cv.json", json.dumps(cv, indent=2) + "\n")  # written last: marks the run finished
     return {"oof_probs": oof, "test_probs": test, **cv}
+
+
+def label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of rows whose given label the out-of-fold probabilities float [N, 10] contradict, surest first.
+
+    Confident learning (Northcutt et al., 2021; cleanlab's confident joint): a class's threshold is the
+    mean probability of that class over the rows labelled with it; a row's likely class is its most
+    probable class among those it clears the threshold of. A row whose likely class is not its label is
+    an issue; they are ranked by how little probability the given label gets.
+    """
+    thresholds = np.array([probs[labels == k, k].mean() if (labels == k).any() else 1.0 for k in range(10)])
+    cleared = np.where(probs >= thresholds, probs, -1.0)
+    likely = cleared.argmax(1)
+    issue = (cleared.max(1) >= 0) & (likely != labels)
+    rows = np.flatnonzero(issue)
+    return rows[np.argsort(probs[rows, labels[rows]], kind="stable")]

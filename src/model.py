@@ -29,6 +29,9 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "schedule": "onecycle",
     "batch_size": 64,
     "aug_strength": 1.0,
+    # Momentum of an exponential moving average of the weights (Polyak averaging), 0 = off. With it on, each
+    # epoch is validated and checkpointed with the averaged weights: a free ensemble member along the way.
+    "ema": 0.0,
 }
 
 CHOICES = {
@@ -46,6 +49,7 @@ RANGES = {  # key: (type, low, high)
     "learning_rate": (float, 1e-6, 1.0),
     "batch_size": (int, 1, 4096),
     "aug_strength": (float, 0.0, 3.0),
+    "ema": (float, 0.0, 0.9999),
 }
 
 
@@ -160,11 +164,12 @@ def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_ep
     import keras
 
     lr = learning_rate(hparams, total_steps, steps_per_epoch)
+    ema = {"use_ema": hparams["ema"] > 0, "ema_momentum": hparams["ema"] or 0.99}
     optimizer = {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=1e-4),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+        "adam": lambda: keras.optimizers.Adam(lr, **ema),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=1e-4, **ema),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, **ema),
     }[hparams["optimizer"]]()
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model

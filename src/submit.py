@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pseudo", type=float, metavar="P",
                         help="semi-supervised: a second round that also trains on the test images round 1 predicts "
                              "with probability >= P (e.g. 0.99); CV stays on train rows")  # fmt: skip
+    parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --pseudo: round 2 leaves out the training rows whose label round 1's out-of-fold "
+                             "probabilities contradict (confident learning); CV still counts them")  # fmt: skip
     parser.add_argument("--precision", choices=precision.CHOICES,
                         help="float type of inference (default auto: bfloat16 where the CPU or GPU has it, float16 "
                              "on P100/V100/T4, else float32)")  # fmt: skip
@@ -84,7 +87,10 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         workers=args.workers,
         hparams=args.hparams,
         pseudo=args.pseudo,
+        clean=args.clean,
     )
+    if train.clean and not train.pseudo:
+        raise DigitsError("--clean needs --pseudo P: round 1's out-of-fold probabilities find the rows to leave out")
     train = with_overrides(train, precision=args.precision)
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
@@ -119,7 +125,9 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 def spec_from_run(run_dir: Path) -> RunSpec:
     saved = saved_config(run_dir)
     train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"])})
-    return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), saved["hparams"], saved["hparams_source"])
+    # validated again, so a run saved before a hyperparameter existed gets its default (e.g. "ema": 0, off)
+    hparams = model.validate_hparams(saved["hparams"], str(run_dir / "config.json"))
+    return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), hparams, saved["hparams_source"])
 
 
 def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], rows: np.ndarray) -> Path:
@@ -184,10 +192,11 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
 
     tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
     durations = {"train": 0.0, "predict": 0.0}
+    progress = train.Progress(train.planned_images(spec.train, len(labels), len(test_images)), log)
 
     def one_round(folder: Path, pseudo: train.Pseudo | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, folder, log, pseudo)
+        train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, folder, progress, log, pseudo)
         t1 = time.perf_counter()
         result = ensemble.ensemble_run(folder, labels, test_images, images, tta_rounds, spec.augment, log,
                                        spec.train.precision)  # fmt: skip
@@ -197,10 +206,13 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
 
     if not spec.train.pseudo:
         return one_round(run_dir), durations
-    log("round 1 of 2; its ETAs are its own, and round 2, on train + most test rows, takes about twice as long")
+    log("round 1 of 2; the ETA covers both (round 2 trains on train + most test rows: about twice as long)")
     first = one_round(run_dir / "round1")
     log(f"round 1: CV {first['cv_accuracy']:.5f}; round 2 also trains on the test images round 1 is sure of")
-    result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo))
+    left_out = ensemble.label_issues(labels, first["oof_probs"]) if spec.train.clean else np.zeros(0, np.int64)
+    if spec.train.clean:
+        log(f"round 2 leaves out {len(left_out)} training rows whose label round 1 contradicts (CV still counts them)")
+    result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out))
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
 
 

@@ -7,10 +7,11 @@ fold.json is finished: `--resume` skips it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,28 +52,33 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Prints one line per epoch with the fold's position in the run and an ETA for the whole run."""
+    """Prints one line per epoch with the fold's position in the run and an ETA for the whole run.
 
-    def __init__(self, epochs_total: int, log=print):
-        self.epochs_total = epochs_total
-        self.epochs_done = 0
+    The ETA counts images, not epochs: an epoch of a pseudo-label round (train + most test rows) takes about
+    twice as long as one of round 1.
+    """
+
+    def __init__(self, images_total: float, log=print):
+        self.images_total = images_total
+        self.images_done = 0
         self.seconds = 0.0
         self.log = log
 
-    def epoch(self, label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float) -> None:
-        self.epochs_done += 1
+    def epoch(self, label: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float, images: int) -> None:
+        self.images_done += images
         self.seconds += seconds
-        left = max(0, self.epochs_total - self.epochs_done) * self.seconds / self.epochs_done
+        left = max(0.0, self.images_total - self.images_done) * self.seconds / max(1, self.images_done)
         self.log(
             f"{label} epoch {epoch}/{epochs} loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
             f"val_acc {logs.get('val_accuracy', 0):.4f} | {format_seconds(seconds)}/epoch, ETA {format_seconds(left)}"
         )
 
-    def skip(self, epochs: int) -> None:
-        self.epochs_total -= epochs
+    def skip(self, images: float) -> None:
+        """A fold finished earlier (--resume) or stopped early: its images are no longer to come."""
+        self.images_total -= images
 
 
-def progress_callback(progress: Progress, label: str, epochs: int):
+def progress_callback(progress: Progress, label: str, epochs: int, images_per_epoch: int):
     import keras
 
     class EpochLine(keras.callbacks.Callback):
@@ -80,9 +86,30 @@ def progress_callback(progress: Progress, label: str, epochs: int):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            progress.epoch(label, epoch + 1, epochs, logs or {}, time.perf_counter() - self.start)
+            seconds = time.perf_counter() - self.start
+            progress.epoch(label, epoch + 1, epochs, logs or {}, seconds, images_per_epoch)
 
     return EpochLine()
+
+
+PSEUDO_SHARE = 0.95  # of the test images sure enough at p >= 0.99 to join round 2 (measured: 26,433-26,931)
+
+
+def planned_images(train: TrainConfig, n_train: int, n_test: int) -> float:
+    """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated.
+
+    Round 2 trains each fold on its rows plus the test images round 1 is sure of (PSEUDO_SHARE of them).
+    """
+    rows = min(train.max_rows or n_train, n_train)
+    fold_rows = rows * (train.folds - 1) / train.folds
+    pseudo_rows = PSEUDO_SHARE * n_test if train.pseudo else 0.0
+    rounds = 2 if train.pseudo else 1
+    return train.folds * len(train.seeds) * train.epochs * (rounds * fold_rows + pseudo_rows)
+
+
+def epoch_images(train_rows: int, batch_size: int) -> int:
+    """Images one epoch trains on: whole batches, the last one topped up (see augment.steps_per_epoch)."""
+    return augment.steps_per_epoch(train_rows, batch_size) * batch_size
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -96,6 +123,11 @@ class Pseudo:
     test_images: np.ndarray  # uint8 [M, 28, 28]
     round_one: Path  # run folder of round 1: <fold>/test_probs.npy, float32 [M, 10]
     threshold: float
+    left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # train rows round 2 never trains on
+
+    def cleaned(self, fold: Fold) -> Fold:
+        """The fold without the left-out rows in its training part; its validation rows stay, all of them."""
+        return dataclasses.replace(fold, train_index=np.setdiff1d(fold.train_index, self.left_out))
 
     def for_fold(self, fold: Fold) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 [P, 28, 28], labels int64 [P]): test images round 1's model of this fold is sure of.
@@ -142,7 +174,8 @@ def train_fold(
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     net = model.compile_model(model.build_model(hparams), hparams, steps * train.epochs, steps)
     out_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = fold_callbacks(out_dir, train, progress, label, extra_callbacks)
+    epoch_line = progress_callback(progress, label, train.epochs, steps * batch_size)
+    callbacks = fold_callbacks(out_dir, train, epoch_line, extra_callbacks, ema=hparams["ema"] > 0)
     start = time.perf_counter()
     history = net.fit(batches, epochs=train.epochs, steps_per_epoch=steps, validation_data=(val_x, val_y),
                       validation_batch_size=512, callbacks=callbacks, shuffle=False, verbose=0)  # fmt: skip
@@ -158,22 +191,26 @@ def train_fold(
         "train_seconds": round(seconds, 1),
         "train_images_per_s": round(len(val_acc) * steps * batch_size / seconds, 1),
         "pseudo_rows": 0 if extra is None else len(extra[1]),
+        "train_rows": len(fold.train_index),
     }
     write_json(out_dir / "fold.json", summary)  # written last: its presence marks the fold finished
     return summary
 
 
-def fold_callbacks(out_dir: Path, train: TrainConfig, progress: Progress, label: str, extra: tuple) -> list:
-    """Checkpoint the best epoch, stop early, log history.csv, TensorBoard and progress."""
+def fold_callbacks(out_dir: Path, train: TrainConfig, epoch_line, extra: tuple, ema: bool = False) -> list:
+    """Checkpoint the best epoch, stop early, log history.csv, TensorBoard and progress (`epoch_line`)."""
     import keras
 
+    # With EMA, the averaged weights are swapped in before each validation, so the checkpoint after it keeps them.
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
     callbacks = [
+        *swap,
         keras.callbacks.ModelCheckpoint(
             out_dir / "best.weights.h5", monitor="val_accuracy", save_best_only=True, save_weights_only=True
         ),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=train.patience),
         keras.callbacks.CSVLogger(out_dir / "history.csv"),
-        progress_callback(progress, label, train.epochs),
+        epoch_line,
         *extra,
     ]
     if importlib.util.find_spec("tensorboard"):  # in requirements.txt; a bare Kaggle image may lack it
@@ -202,29 +239,37 @@ def train_folds(
     train: TrainConfig,
     aug: AugmentConfig,
     run_dir: Path,
+    progress: Progress,
     log=print,
     pseudo: Pseudo | None = None,
 ) -> list[dict[str, Any]]:
     """Train every (seed, fold) not already finished in `run_dir`; return all folds' summaries.
 
     With `pseudo`, each fold also trains on the test images round 1's model of that fold is sure of.
+    `progress` spans the whole run (both rounds of a pseudo-label run), from train.planned_images.
     """
     folds = make_folds(labels, train.folds, train.seeds)
-    progress = Progress(len(folds) * train.epochs, log)
+    batch_size = hparams["batch_size"]
+    planned_pseudo = PSEUDO_SHARE * len(pseudo.test_images) if pseudo else 0.0  # what planned_images counted
     summaries = []
     for i, fold in enumerate(folds, 1):
         label = f"[model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
+        planned = train.epochs * (len(fold.train_index) + planned_pseudo)
         done = run_dir / fold.name / "fold.json"
         if done.exists():
             summary = json.loads(done.read_text())
-            progress.skip(train.epochs)
+            progress.skip(planned)
             log(f"{label} finished earlier: val_acc {summary['val_accuracy']:.4f} (resume)")
         else:
             extra = pseudo.for_fold(fold) if pseudo else None
-            if extra is not None:
+            if pseudo is not None:
+                fold = pseudo.cleaned(fold)
                 log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold})")
+            per_epoch = epoch_images(len(fold.train_index) + (len(extra[1]) if extra else 0), batch_size)
+            progress.skip(planned - train.epochs * per_epoch)  # the plan's estimate -> this fold's real epochs
             summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label,
                                  extra=extra)  # fmt: skip
+            progress.skip((train.epochs - summary["epochs_run"]) * per_epoch)  # stopped early
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries

@@ -60,6 +60,7 @@ def search_space(hp, base: dict[str, Any] | None = None) -> dict[str, Any]:
         "schedule": hp.Choice("schedule", ["onecycle", "cosine", "exponential", "constant"], default=d["schedule"]),
         "batch_size": hp.Choice("batch_size", [32, 64, 128, 256], default=d["batch_size"]),
         "aug_strength": hp.Float("aug_strength", 0.0, 2.0, step=0.25, default=d["aug_strength"]),
+        "ema": d["ema"],  # not searched: the preset's choice carries over
     }
     if model.feature_side(hparams) < 1:  # valid padding would shrink deep stacks to nothing
         hparams["padding"] = "same"
@@ -173,7 +174,8 @@ def score_trial(trial, hparams: dict, trial_dir: Path, images, labels, folds, jo
     # Hyperband sets the epochs per bracket through these values; the kit trains from scratch.
     epochs = int(trial.hyperparameters.values.get("tuner/epochs", job["epochs"]))
     config = dataclasses.replace(job["train"], epochs=epochs, patience=epochs)
-    progress = train.Progress(epochs * len(folds), job["log"])
+    planned = sum(epochs * train.epoch_images(len(f.train_index), hparams["batch_size"]) for f in folds)
+    progress = train.Progress(planned, job["log"])
     scores = []
     for fold in folds:
         label = f"[trial {trial.trial_id} fold {fold.fold + 1}/{len(folds)}]"

@@ -61,7 +61,7 @@ def test_label_issues_find_flipped_labels_and_rank_the_surest_first():
     probs[flipped, labels[flipped]] = [0.02, 0.001, 0.03, 0.05]
     probs[50, [labels[50], 7]] = [0.30, 0.35]  # a hard row, wrongly predicted but not confidently: no issue
     probs /= probs.sum(1, keepdims=True)
-    found = diagnostics.label_issues(labels, probs)
+    found = ensemble.label_issues(labels, probs)
     assert list(found) == [120, 3, 260, 499]  # exactly the flipped rows, least support for the label first
     table = diagnostics.issues_table(found, np.arange(500) + 1000, labels, probs)
     assert list(table.train_row) == [1120, 1003, 1260, 1499] and (table.likely == (table.label + 1) % 10).all()

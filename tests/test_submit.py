@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from src import publish, submit
+from src import model, publish, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +96,15 @@ def test_resume_of_a_damaged_or_foreign_run_is_one_line(tmp_path, capsys):
     assert "unknown setting 'warp_speed'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_run_saved_before_a_hyperparameter_existed_resumes_with_its_default(tmp_path):
+    older = {key: value for key, value in model.DEFAULT_HPARAMS.items() if key != "ema"}
+    config = {"preset": "fast", "train": {"folds": 3, "seeds": [0], "pseudo": 0.99}, "augment": {},
+              "hparams": older, "hparams_source": "preset fast", "data": {"folder": "x"}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = submit.spec_from_run(tmp_path)
+    assert spec.hparams["ema"] == 0.0 and spec.train.pseudo == 0.99 and spec.train.clean is False
+
+
 def test_bad_input_is_one_line_and_nonzero(tmp_path, demo_dir):
     broken = tmp_path / "data"
     broken.mkdir()
@@ -135,16 +146,22 @@ def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
 
 
 def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
-    result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--out", "subs",
-                        cwd=tmp_path)  # fmt: skip
+    result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--clean",
+                        "--out", "subs", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 2 also trains on the test images" in result.stdout and "pseudo-labelled test images" in result.stdout
+    left_out = int(re.search(r"round 2 leaves out (\d+) training rows", result.stdout).group(1))
+    etas = [line.rsplit("ETA ", 1)[1] for line in result.stdout.splitlines() if "/epoch, ETA " in line]
+    assert len(etas) == 2 * 2 * 6 and etas[-1] == "0s"  # one ETA over both rounds, corrected to the real pseudo rows
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
     run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
     round_one = json.loads((run / "round1" / "cv.json").read_text())
     assert meta["round1_cv_accuracy"] == round_one["cv_accuracy"] and meta["train"]["pseudo"] == 0.5
     folds = [json.loads((run / f"seed0_fold{k}" / "fold.json").read_text()) for k in (0, 1)]
     assert all(0 < f["pseudo_rows"] <= 539 for f in folds)  # some of the demo's 539 test images, never more
+    # --clean: each left-out row was in the training part of the other fold, and is gone from it
+    before = [1258 - len(np.load(run / f"seed0_fold{k}" / "val_index.npy")) for k in (0, 1)]
+    assert 0 < left_out < 300 and sum(b - f["train_rows"] for b, f in zip(before, folds)) == left_out
     cv = json.loads((run / "cv.json").read_text())
     assert cv["oof_rows"] == 1258 and meta["cv_accuracy"] == cv["cv_accuracy"]  # scored on train rows only
 
@@ -152,3 +169,7 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
 def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
     result = run_submit("--pseudo", "1.5", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--pseudo 1.5" in result.stderr
+    result = run_submit("--clean", cwd=tmp_path)
+    assert (
+        result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--clean needs --pseudo" in result.stderr
+    )

@@ -28,12 +28,24 @@ def test_folds_are_stratified_disjoint_and_cover_every_row(demo_dir):
 
 def test_progress_estimates_time_left():
     lines = []
-    progress = train.Progress(epochs_total=4, log=lines.append)
-    progress.epoch("[m]", 1, 2, {"loss": 1.0, "accuracy": 0.5, "val_accuracy": 0.6}, 30.0)
+    progress = train.Progress(images_total=4000, log=lines.append)
+    progress.epoch("[m]", 1, 2, {"loss": 1.0, "accuracy": 0.5, "val_accuracy": 0.6}, 30.0, images=1000)
     assert lines[-1].endswith("30s/epoch, ETA 1m30s")
-    progress.skip(2)
-    progress.epoch("[m]", 2, 2, {}, 10.0)
+    progress.skip(2000)
+    progress.epoch("[m]", 2, 2, {}, 10.0, images=1000)
     assert lines[-1].endswith("ETA 0s")
+
+
+def test_the_eta_of_a_pseudo_label_run_covers_both_rounds_and_their_longer_epochs():
+    """fast + pseudo: 3 folds x 8 epochs of 28,000 rows, then of 28,000 + 95% of 28,000 test rows."""
+    fast = PRESETS["fast"].train
+    once = train.planned_images(fast, 42_000, 28_000)
+    twice = train.planned_images(dataclasses.replace(fast, pseudo=0.99), 42_000, 28_000)
+    assert once == 3 * 8 * 28_000 and twice == once + 3 * 8 * (28_000 + 0.95 * 28_000)
+    lines = []
+    progress = train.Progress(twice, log=lines.append)
+    progress.epoch("[m]", 1, 8, {}, 30.0, images=28_000)  # 30 s per 28,000 images: the rest takes 2,094 s
+    assert lines[-1].endswith("ETA 34m54s")
 
 
 def test_bench_reports_throughput_as_json(demo_dir, capsys):
@@ -70,7 +82,7 @@ def test_preset_images_count_the_pseudo_label_round():
     trained_once, predicted_once = bench.preset_images(once, 42_000, 28_000)
     trained, predicted = bench.preset_images(PRESETS["full"], 42_000, 28_000)
     assert trained_once == 5 * 10 * 33_600
-    assert trained == pytest.approx(trained_once + 5 * 10 * (33_600 + bench.PSEUDO_SHARE * 28_000))
+    assert trained == pytest.approx(trained_once + 5 * 10 * (33_600 + train.PSEUDO_SHARE * 28_000))
     assert predicted == 2 * predicted_once
 
 
@@ -95,3 +107,31 @@ def test_each_fold_takes_pseudo_labels_from_its_own_round_one_model(tmp_path):
     images, labels = pseudo.for_fold(folds[0])
     assert labels.tolist() == [5, 7] and np.array_equal(images, test_images[[1, 2]])
     assert pseudo.for_fold(folds[1])[1].tolist() == [3, 5]
+
+
+def test_a_cleaned_fold_trains_without_the_left_out_rows_and_still_validates_on_them(tmp_path):
+    fold = train.make_folds(np.repeat(np.arange(10), 4), 2, (0,))[0]
+    left_out = np.array([fold.train_index[0], fold.val_index[0]])
+    cleaned = train.Pseudo(np.zeros((0, 28, 28), np.uint8), tmp_path, 0.99, left_out).cleaned(fold)
+    assert cleaned.train_index.tolist() == fold.train_index[1:].tolist()
+    assert np.array_equal(cleaned.val_index, fold.val_index)  # CV still counts every row
+
+
+def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(demo_dir, tmp_path):
+    """EMA momentum 0.9999 over a few steps keeps the averaged weights near their random start: if the checkpoint
+    held the raw weights instead, the saved model would be as good as the raw one."""
+    from src import model
+    from src.config import AugmentConfig, TrainConfig
+
+    dataset = data.load(demo_dir)
+    fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
+    accuracy = {}
+    for ema in (0.0, 0.9999):
+        hparams = model.validate_hparams(
+            {"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005, "ema": ema}
+        )
+        summary = train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
+                                   TrainConfig(epochs=4, patience=4), AugmentConfig(), tmp_path / str(ema),
+                                   train.Progress(4, log=lambda line: None), "[t]")  # fmt: skip
+        accuracy[ema] = summary["val_accuracy"]
+    assert accuracy[0.0] > 0.7 and accuracy[0.9999] < accuracy[0.0] - 0.3
