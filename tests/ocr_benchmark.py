@@ -24,6 +24,7 @@ from ocr_pages import make_page, on_margin, on_table  # noqa: E402
 from test_ocr import PAGES  # noqa: E402
 
 from src import data, ocr, reader, recognize  # noqa: E402
+from src.errors import DigitsError, run_cli  # noqa: E402
 
 KINDS = {
     **PAGES,
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     folder = data.find_data_dir(args.data_dir)
     if folder is None:
-        print("error: no competition data: pass --data-dir or set DIGITS_DATA_DIR", file=sys.stderr)
-        return 2
+        raise DigitsError("no competition data: pass --data-dir or set DIGITS_DATA_DIR")
     images, labels, _, _ = data.load_train(Path(folder))
     rows = reader.heldout_rows(labels, reader.ReaderConfig().heldout)
     classify, start = reader.Reader.load(), time.time()
@@ -76,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
