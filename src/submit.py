@@ -209,8 +209,9 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     log("round 1 of 2; the ETA covers both (round 2 trains on train + most test rows: about twice as long)")
     first = one_round(run_dir / "round1")
     log(f"round 1: CV {first['cv_accuracy']:.5f}; round 2 also trains on the test images round 1 is sure of")
-    left_out = ensemble.label_issues(labels, first["oof_probs"]) if spec.train.clean else np.zeros(0, np.int64)
+    left_out = np.zeros(0, np.int64)
     if spec.train.clean:
+        left_out = ensemble.label_issues(labels, first["oof_probs"])
         log(f"round 2 leaves out {len(left_out)} training rows whose label round 1 contradicts (CV still counts them)")
     result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out))
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations

@@ -182,6 +182,7 @@ def train_fold(
     seconds = time.perf_counter() - start
     val_probs = keep_best(net, out_dir, fold, val_x)
     val_acc = history.history["val_accuracy"]
+    progress.skip((train.epochs - len(val_acc)) * steps * batch_size)  # stopped early: those epochs never come
     summary = {
         "seed": fold.seed,
         "fold": fold.fold,
@@ -269,7 +270,6 @@ def train_folds(
             progress.skip(planned - train.epochs * per_epoch)  # the plan's estimate -> this fold's real epochs
             summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label,
                                  extra=extra)  # fmt: skip
-            progress.skip((train.epochs - summary["epochs_run"]) * per_epoch)  # stopped early
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries
