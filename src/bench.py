@@ -107,10 +107,8 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> tuple[float, flo
     A preset with pseudo-labels runs twice: round 2 trains each fold on its rows plus most test images.
     """
     t = preset.train
-    rows = min(t.max_rows or n_train, n_train)
-    models = t.folds * len(t.seeds)
-    rounds = 2 if t.pseudo else 1
-    validated = rounds * models * t.epochs * rows / t.folds
+    rounds, models = train.rounds(t), t.folds * len(t.seeds)
+    validated = rounds * models * t.epochs * train.run_rows(t, n_train) / t.folds
     predicted = rounds * models * n_test * ((1 + t.tta_rounds) if t.tta else 1)
     return train.planned_images(t, n_train, n_test), validated + predicted
 

@@ -95,16 +95,29 @@ def progress_callback(progress: Progress, label: str, epochs: int, images_per_ep
 PSEUDO_SHARE = 0.95  # of the test images sure enough at p >= 0.99 to join round 2 (measured: 26,433-26,931)
 
 
-def planned_images(train: TrainConfig, n_train: int, n_test: int) -> float:
-    """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated.
+def rounds(train: TrainConfig) -> int:
+    """Training rounds of a run: two when round 2 adds pseudo-labelled test images."""
+    return 2 if train.pseudo else 1
 
-    Round 2 trains each fold on its rows plus the test images round 1 is sure of (PSEUDO_SHARE of them).
+
+def run_rows(train: TrainConfig, n_train: int) -> int:
+    """train.csv rows a run uses (a stratified subsample when max_rows is set)."""
+    return min(train.max_rows or n_train, n_train)
+
+
+def planned_fold_images(train: TrainConfig, fold_rows: float, n_test: int) -> float:
+    """Images one fold trains on in one round if it never stops early.
+
+    `n_test`: the test images round 2 may add (0 in round 1); PSEUDO_SHARE of them are expected to join.
     """
-    rows = min(train.max_rows or n_train, n_train)
-    fold_rows = rows * (train.folds - 1) / train.folds
-    pseudo_rows = PSEUDO_SHARE * n_test if train.pseudo else 0.0
-    rounds = 2 if train.pseudo else 1
-    return train.folds * len(train.seeds) * train.epochs * (rounds * fold_rows + pseudo_rows)
+    return train.epochs * (fold_rows + PSEUDO_SHARE * n_test)
+
+
+def planned_images(train: TrainConfig, n_train: int, n_test: int) -> float:
+    """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated."""
+    fold_rows = run_rows(train, n_train) * (train.folds - 1) / train.folds
+    per_model = sum(planned_fold_images(train, fold_rows, n) for n in (0, n_test)[: rounds(train)])
+    return train.folds * len(train.seeds) * per_model
 
 
 def epoch_images(train_rows: int, batch_size: int) -> int:
@@ -251,11 +264,11 @@ def train_folds(
     """
     folds = make_folds(labels, train.folds, train.seeds)
     batch_size = hparams["batch_size"]
-    planned_pseudo = PSEUDO_SHARE * len(pseudo.test_images) if pseudo else 0.0  # what planned_images counted
+    n_test = len(pseudo.test_images) if pseudo else 0
     summaries = []
     for i, fold in enumerate(folds, 1):
         label = f"[model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
-        planned = train.epochs * (len(fold.train_index) + planned_pseudo)
+        planned = planned_fold_images(train, len(fold.train_index), n_test)  # what planned_images counted
         done = run_dir / fold.name / "fold.json"
         if done.exists():
             summary = json.loads(done.read_text())

@@ -1,6 +1,6 @@
 """The OCR's synthetic-page benchmark: digit accuracy per kind of page, with the committed reader.
 
-    python tests/ocr_benchmark.py [--data-dir ../shared/data/digit-recognizer] [--pages-per-kind 6]
+    python tests/ocr_benchmark.py [--data-dir ../shared/data/digit-recognizer] [--pages-per-kind 6] [--model R]
 
 Pages are built by ocr_pages.make_page from the train.csv rows the reader never trained on (the same
 kinds as tests/test_ocr.py, plus columns, touching strings, a PDF margin and a table), read by
@@ -52,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tests/ocr_benchmark.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", help="the competition data (default: the kit's own search)")
     parser.add_argument("--pages-per-kind", type=int, default=6)
+    parser.add_argument("--model", type=Path, help="other reader weights (.npz) or a run's folder, as for src.ocr")
     args = parser.parse_args(argv)
     folder = data.find_data_dir(args.data_dir)
     if folder is None:
         raise DigitsError("no competition data: pass --data-dir or set DIGITS_DATA_DIR")
     images, labels, _, _ = data.load_train(Path(folder))
     rows = reader.heldout_rows(labels, reader.ReaderConfig().heldout)
-    classify, start = reader.Reader.load(), time.time()
+    classify, start = recognize.load_classifier(args.model), time.time()
     print(f"{'kind':50} {'pages':>5} {'digits':>6} {'accuracy':>8}")
     wrong_all = total_all = 0
     for k, kind in enumerate(KINDS):

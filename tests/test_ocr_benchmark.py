@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import ocr_benchmark
+
+from src import reader
 
 
 def test_one_page_of_each_kind_is_read_and_scored(real_dir, capsys):
@@ -13,3 +16,14 @@ def test_one_page_of_each_kind_is_read_and_scored(real_dir, capsys):
     assert all(kind in out for kind in ocr_benchmark.KINDS)
     digits, accuracy = re.search(r"^all\s+13\s+(\d+)\s+([\d.]+)%", out, re.M).groups()
     assert int(digits) > 200 and float(accuracy) >= 90  # the reader gets about 98% of these pages' digits
+
+
+def test_model_flag_reads_with_other_weights(real_dir, tmp_path, capsys):
+    """--model swaps the reader: weights whose last layer says "not a digit" for everything read nothing."""
+    committed = reader.Reader.load()
+    blind = [[*weights[:-2], np.zeros_like(weights[-2]), np.eye(1, reader.CLASSES, reader.NOT_A_DIGIT)[0]]
+             for weights in committed.members]  # fmt: skip
+    reader.Reader(blind, committed.info, committed.layers).save(tmp_path / "blind.npz")
+    args = ["--data-dir", str(real_dir), "--pages-per-kind", "1", "--model", str(tmp_path / "blind.npz")]
+    assert ocr_benchmark.main(args) == 0
+    assert re.search(r"^all\s+13\s+\d+\s+0\.00%", capsys.readouterr().out, re.M)
