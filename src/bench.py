@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,27 +102,32 @@ def augment_images_per_s(images: np.ndarray, hparams: dict, config: AugmentConfi
     return len(images) / best
 
 
-def preset_images(preset: Preset, n_train: int, n_test: int) -> tuple[float, float]:
-    """(images trained, images predicted) by a whole run of `preset` that never stops early.
+def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[str, Any], float, float]]:
+    """(hparams, images trained, images predicted) of each of `preset`'s models over a whole run that never
+    stops early: the first model trains every round, an extra model the final round only.
 
     A preset with pseudo-labels runs twice: round 2 trains each fold on its rows plus most test images.
     """
     t = preset.train
-    rounds, models = train.rounds(t), t.folds * len(t.seeds)
-    validated = rounds * models * t.epochs * train.run_rows(t, n_train) / t.folds
-    predicted = rounds * models * n_test * ((1 + t.tta_rounds) if t.tta else 1)
-    return train.planned_images(t, n_train, n_test), validated + predicted
+    models, rounds = t.folds * len(t.seeds), train.rounds(t)
+    predicted_per_round = models * (t.epochs * train.run_rows(t, n_train) / t.folds + n_test * (
+        (1 + t.tta_rounds) if t.tta else 1))  # validation every epoch, then the test set  # fmt: skip
+    first = train.planned_images(t, n_train, n_test)
+    extra = train.planned_images(t, n_train, n_test, final_models=2) - first
+    return [(model.validate_hparams(preset.hparams), first, rounds * predicted_per_round)] + [
+        (model.validate_hparams(h), extra, predicted_per_round) for h in preset.extra_hparams
+    ]
 
 
 def projected_minutes(images: np.ndarray, labels: np.ndarray, test: np.ndarray, n_train: int) -> dict[str, float]:
-    """Each preset's wall time on this machine, from the measured rates of the preset's own model."""
+    """Each preset's wall time on this machine, from the measured rates of each of the preset's own models."""
     minutes = {}
     for name, preset in PRESETS.items():
-        hparams = model.validate_hparams(preset.hparams)
-        kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment)
-        predict_rate = len(test) / predict_seconds(hparams, test)
-        trained, predicted = preset_images(preset, n_train, len(test))
-        minutes[name] = round((trained * kit / len(images) + predicted / predict_rate) / 60, 1)
+        seconds = 0.0
+        for hparams, trained, predicted in preset_images(preset, n_train, len(test)):
+            kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment)
+            seconds += trained * kit / len(images) + predicted * predict_seconds(hparams, test) / len(test)
+        minutes[name] = round(seconds / 60, 1)
     return minutes
 
 

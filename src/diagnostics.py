@@ -100,7 +100,7 @@ def plot_learning_curves(run_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for history_csv in sorted(run_dir.glob("seed*_fold*/history.csv")):
+    for history_csv in (d / "history.csv" for d in ensemble.fold_dirs(run_dir) if (d / "history.csv").is_file()):
         history = pd.read_csv(history_csv)
         epochs = history["epoch"] + 1
         for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -154,7 +154,9 @@ def samples_per_class(labels: np.ndarray, per_class: int, seed: int = 0) -> np.n
 
 
 def write_html(out: Path, run_dir: Path, config: dict, cv: dict, table: pd.DataFrame) -> Path:
-    folds = pd.DataFrame(cv["folds"])[["seed", "fold", "val_accuracy", "best_epoch", "epochs_run", "train_seconds"]]
+    folds = pd.DataFrame(cv["folds"])
+    columns = ["name", "seed", "fold", "val_accuracy", "best_epoch", "epochs_run", "train_seconds"]
+    folds = folds[[c for c in columns if c in folds]]  # runs saved before folds had a name lack it
     images = "\n".join(f'<h2>{name[:-4].replace("_", " ")}</h2><img src="{name}" alt="{name}">' for name in PNGS)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Report: {html.escape(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto}}img{{max-width:100%}}

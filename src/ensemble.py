@@ -33,7 +33,8 @@ def predict_probs(net, images: np.ndarray, tta_rounds: int = 0, aug: AugmentConf
 
 
 def fold_dirs(run_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in run_dir.glob("seed*_fold*/fold.json"))
+    """The finished fold models of a run: seed0_fold0, ... and an extra model's m1_seed0_fold0, ..."""
+    return sorted(p.parent for p in run_dir.glob("*seed*_fold*/fold.json"))
 
 
 def latest_run(runs_dir: Path) -> Path:

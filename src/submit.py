@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="submissions", help="where submissions go (default: submissions/)")
     parser.add_argument("--runs-dir", default=str(RUNS_DIR), help="where run artifacts go (default: runs/)")
     parser.add_argument("--hparams", help="hyperparameter JSON, e.g. from python -m src.tune")
+    parser.add_argument("--extra-hparams", nargs="*", metavar="JSON",
+                        help="hyperparameter JSONs of further models trained on every fold of the final round and "
+                             "averaged with the first (default: the preset's; none given: none)")  # fmt: skip
     parser.add_argument("--folds", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seeds", type=int, nargs="+")
@@ -66,6 +69,7 @@ class RunSpec:
     augment: AugmentConfig
     hparams: dict[str, Any]
     hparams_source: str
+    extra_hparams: tuple[dict[str, Any], ...] = ()  # further models of the final round, each validated
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -86,6 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         max_rows=args.max_rows,
         workers=args.workers,
         hparams=args.hparams,
+        extra_hparams=None if args.extra_hparams is None else tuple(args.extra_hparams),
         pseudo=args.pseudo,
         clean=args.clean,
     )
@@ -99,7 +104,15 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     else:
         hparams = model.validate_hparams(preset.hparams, f"preset {preset.name}")
         source = f"preset {preset.name}" if preset.hparams else "defaults"
-    return RunSpec(preset.name, train, preset.augment, hparams, source)
+    return RunSpec(preset.name, train, preset.augment, hparams, source, extra_models(train, preset))
+
+
+def extra_models(train: TrainConfig, preset) -> tuple[dict[str, Any], ...]:
+    """The final round's further models: from --extra-hparams files when given, else the preset's."""
+    if train.extra_hparams is not None:
+        return tuple(model.load_hparams(path) for path in train.extra_hparams)
+    return tuple(model.validate_hparams(h, f"preset {preset.name}, extra model {k}")
+                 for k, h in enumerate(preset.extra_hparams, 1))  # fmt: skip
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -124,10 +137,14 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 def spec_from_run(run_dir: Path) -> RunSpec:
     saved = saved_config(run_dir)
-    train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"])})
+    paths = saved["train"].get("extra_hparams")
+    train = TrainConfig(**{**saved["train"], "seeds": tuple(saved["train"]["seeds"]),
+                           "extra_hparams": None if paths is None else tuple(paths)})  # fmt: skip
     # validated again, so a run saved before a hyperparameter existed gets its default (e.g. "ema": 0, off)
-    hparams = model.validate_hparams(saved["hparams"], str(run_dir / "config.json"))
-    return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), hparams, saved["hparams_source"])
+    source = str(run_dir / "config.json")
+    hparams = model.validate_hparams(saved["hparams"], source)
+    extra = tuple(model.validate_hparams(h, source) for h in saved.get("extra_hparams", []))
+    return RunSpec(saved["preset"], train, AugmentConfig(**saved["augment"]), hparams, saved["hparams_source"], extra)
 
 
 def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], rows: np.ndarray) -> Path:
@@ -137,7 +154,8 @@ def new_run(runs_dir: Path, spec: RunSpec, stamp: str, source: dict[str, Any], r
     run_dir = runs_dir / f"{stamp}_{spec.preset}{'_demo' if source['demo'] else ''}"
     run_dir.mkdir(parents=True, exist_ok=False)
     config = {"preset": spec.preset, "train": to_dict(spec.train), "augment": to_dict(spec.augment),
-              "hparams": spec.hparams, "hparams_source": spec.hparams_source, "data": source}  # fmt: skip
+              "hparams": spec.hparams, "hparams_source": spec.hparams_source, "extra_hparams": spec.extra_hparams,
+              "data": source}  # fmt: skip
     write_json(run_dir / "config.json", config)
     np.save(run_dir / "train_rows.npy", rows)
     return run_dir
@@ -169,7 +187,7 @@ def publish_run(args, spec: RunSpec, run_dir: Path, result: dict[str, Any], stam
         "cv_accuracy": cv, "round1_cv_accuracy": result.get("round1_cv_accuracy"), "test_rows": test_rows,
         "cv_per_fold": [f["val_accuracy"] for f in result["folds"]],
         "seeds": list(spec.train.seeds), "folds": spec.train.folds, "tta_rounds": result["tta_rounds"],
-        "hparams": spec.hparams, "hparams_source": spec.hparams_source,
+        "hparams": spec.hparams, "hparams_source": spec.hparams_source, "extra_hparams": spec.extra_hparams,
         "train": to_dict(spec.train), "augment": to_dict(spec.augment),
         "durations_s": {k: round(v, 1) for k, v in durations.items()},
         "git_commit": publish.git_commit(), "data": source,
@@ -187,16 +205,20 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     """(the ensemble's result, seconds spent training and predicting): one round, or with --pseudo two.
 
     Round 1 of a pseudo-labelled run lives in <run>/round1/; round 2, whose models are the run's, in <run>/.
+    The final round also trains the extra models, in <run>/m1_seed*_fold*/, ...: every fold gets each model.
     """
     from src import ensemble, train
 
     tta_rounds = spec.train.tta_rounds if spec.train.tta else 0
     durations = {"train": 0.0, "predict": 0.0}
-    progress = train.Progress(train.planned_images(spec.train, len(labels), len(test_images)), log)
+    models = 1 + len(spec.extra_hparams)
+    progress = train.Progress(train.planned_images(spec.train, len(labels), len(test_images), models), log)
 
-    def one_round(folder: Path, pseudo: train.Pseudo | None = None) -> dict[str, Any]:
+    def one_round(folder: Path, pseudo: train.Pseudo | None = None, final: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        train.train_folds(images, labels, spec.hparams, spec.train, spec.augment, folder, progress, log, pseudo)
+        for k, hparams in enumerate([spec.hparams, *spec.extra_hparams][: models if final else 1]):
+            train.train_folds(images, labels, hparams, spec.train, spec.augment, folder, progress, log, pseudo,
+                              prefix=f"m{k}_" if k else "")  # fmt: skip
         t1 = time.perf_counter()
         result = ensemble.ensemble_run(folder, labels, test_images, images, tta_rounds, spec.augment, log,
                                        spec.train.precision)  # fmt: skip
@@ -207,7 +229,7 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     if not spec.train.pseudo:
         return one_round(run_dir), durations
     log("round 1 of 2; the ETA covers both (round 2 trains on train + most test rows: about twice as long)")
-    first = one_round(run_dir / "round1")
+    first = one_round(run_dir / "round1", final=False)
     log(f"round 1: CV {first['cv_accuracy']:.5f}; round 2 also trains on the test images round 1 is sure of")
     left_out = np.zeros(0, np.int64)
     if spec.train.clean:

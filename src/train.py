@@ -113,11 +113,14 @@ def planned_fold_images(train: TrainConfig, fold_rows: float, n_test: int) -> fl
     return train.epochs * (fold_rows + PSEUDO_SHARE * n_test)
 
 
-def planned_images(train: TrainConfig, n_train: int, n_test: int) -> float:
-    """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated."""
+def planned_images(train: TrainConfig, n_train: int, n_test: int, final_models: int = 1) -> float:
+    """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated.
+
+    `final_models`: models trained on each fold of the final round (1 + the extra models).
+    """
     fold_rows = run_rows(train, n_train) * (train.folds - 1) / train.folds
-    per_model = sum(planned_fold_images(train, fold_rows, n) for n in (0, n_test)[: rounds(train)])
-    return train.folds * len(train.seeds) * per_model
+    per_round = [planned_fold_images(train, fold_rows, n) for n in (0, n_test)[: rounds(train)]]
+    return train.folds * len(train.seeds) * (sum(per_round) + (final_models - 1) * per_round[-1])
 
 
 def epoch_images(train_rows: int, batch_size: int) -> int:
@@ -197,6 +200,7 @@ def train_fold(
     val_acc = history.history["val_accuracy"]
     progress.skip((train.epochs - len(val_acc)) * steps * batch_size)  # stopped early: those epochs never come
     summary = {
+        "name": out_dir.name,  # seed0_fold0, or m1_seed0_fold0 for an extra model
         "seed": fold.seed,
         "fold": fold.fold,
         "val_accuracy": float(np.mean(val_probs.argmax(1) == val_y)),
@@ -256,20 +260,24 @@ def train_folds(
     progress: Progress,
     log=print,
     pseudo: Pseudo | None = None,
+    prefix: str = "",
 ) -> list[dict[str, Any]]:
     """Train every (seed, fold) not already finished in `run_dir`; return all folds' summaries.
 
     With `pseudo`, each fold also trains on the test images round 1's model of that fold is sure of.
     `progress` spans the whole run (both rounds of a pseudo-label run), from train.planned_images.
+    `prefix` names a further model's folders (m1_seed0_fold0, ...) beside the first model's.
     """
     folds = make_folds(labels, train.folds, train.seeds)
     batch_size = hparams["batch_size"]
     n_test = len(pseudo.test_images) if pseudo else 0
     summaries = []
     for i, fold in enumerate(folds, 1):
-        label = f"[model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
+        which = prefix.replace("_", " ")  # "m1 " for an extra model
+        label = f"[{which}model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
         planned = planned_fold_images(train, len(fold.train_index), n_test)  # what planned_images counted
-        done = run_dir / fold.name / "fold.json"
+        out_dir = run_dir / f"{prefix}{fold.name}"
+        done = out_dir / "fold.json"
         if done.exists():
             summary = json.loads(done.read_text())
             progress.skip(planned)
@@ -281,8 +289,7 @@ def train_folds(
                 log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold})")
             per_epoch = epoch_images(len(fold.train_index) + (len(extra[1]) if extra else 0), batch_size)
             progress.skip(planned - train.epochs * per_epoch)  # the plan's estimate -> this fold's real epochs
-            summary = train_fold(images, labels, fold, hparams, train, aug, run_dir / fold.name, progress, label,
-                                 extra=extra)  # fmt: skip
+            summary = train_fold(images, labels, fold, hparams, train, aug, out_dir, progress, label, extra=extra)
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from src import data, train
+from src import config, data, train
 from src.config import PRESETS
 
 
@@ -69,21 +69,26 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
 def test_preset_images_counts_every_fold_seed_and_epoch():
     from src import bench
 
-    fast = PRESETS["fast"]
-    trained, predicted = bench.preset_images(fast, 42_000, 28_000)
+    [(hparams, trained, predicted)] = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
+    assert hparams["filters"] == PRESETS["fast"].hparams["filters"]
     assert trained == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
     assert predicted == 3 * 8 * 14_000 + 3 * 28_000  # validation every epoch, then the test set per model
 
 
-def test_preset_images_count_the_pseudo_label_round():
+def test_preset_images_count_the_pseudo_label_round_and_the_extra_model():
     from src import bench
 
-    once = dataclasses.replace(PRESETS["full"], train=dataclasses.replace(PRESETS["full"].train, pseudo=0.0))
-    trained_once, predicted_once = bench.preset_images(once, 42_000, 28_000)
-    trained, predicted = bench.preset_images(PRESETS["full"], 42_000, 28_000)
+    full = PRESETS["full"]
+    once = dataclasses.replace(full, train=dataclasses.replace(full.train, pseudo=0.0), extra_hparams=())
+    [(_, trained_once, predicted_once)] = bench.preset_images(once, 42_000, 28_000)
+    (first, trained, predicted), (extra, trained_extra, predicted_extra) = bench.preset_images(full, 42_000, 28_000)
     assert trained_once == 5 * 10 * 33_600
-    assert trained == pytest.approx(trained_once + 5 * 10 * (33_600 + train.PSEUDO_SHARE * 28_000))
-    assert predicted == 2 * predicted_once
+    round_two = 5 * 10 * (33_600 + train.PSEUDO_SHARE * 28_000)
+    assert trained == pytest.approx(trained_once + round_two) and predicted == 2 * predicted_once
+    # the extra model trains round 2 only, with its own hyperparameters
+    assert trained_extra == pytest.approx(round_two) and predicted_extra == predicted_once
+    assert extra["filters"] == config.TUNED["filters"] != first["filters"]
+    assert train.planned_images(full.train, 42_000, 28_000, final_models=2) == pytest.approx(trained + trained_extra)
 
 
 def test_pseudo_labels_keep_only_the_sure_predictions():
