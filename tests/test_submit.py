@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import model, publish, submit
+from src import config, model, publish, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,6 +164,13 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
     assert 0 < left_out < 300 and sum(b - f["train_rows"] for b, f in zip(before, folds)) == left_out
     cv = json.loads((run / "cv.json").read_text())
     assert cv["oof_rows"] == 1258 and meta["cv_accuracy"] == cv["cv_accuracy"]  # scored on train rows only
+
+
+def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():
+    full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
+    assert [h["filters"] for h in full.extra_hparams] == [config.TUNED["filters"]]
+    assert submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams"])).extra_hparams == ()
+    assert submit.spec_from_args(submit.parse_args(["--preset", "fast"])).extra_hparams == ()
 
 
 def test_an_extra_model_trains_every_fold_of_the_final_round_and_joins_the_average(tmp_path):
