@@ -110,8 +110,8 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     """
     t = preset.train
     models, rounds = t.folds * len(t.seeds), train.rounds(t)
-    predicted_per_round = models * (t.epochs * train.run_rows(t, n_train) / t.folds + n_test * (
-        (1 + t.tta_rounds) if t.tta else 1))  # validation every epoch, then the test set  # fmt: skip
+    validated = t.epochs * train.run_rows(t, n_train) / t.folds  # every epoch, by each model
+    predicted_per_round = models * (validated + n_test * ((1 + t.tta_rounds) if t.tta else 1))
     first = train.planned_images(t, n_train, n_test)
     extra = train.planned_images(t, n_train, n_test, final_models=2) - first
     return [(model.validate_hparams(preset.hparams), first, rounds * predicted_per_round)] + [

@@ -1,7 +1,8 @@
 """The main job: Kaggle CSVs -> augmented K-fold CNN ensemble -> a validated submission.csv.
 
     python -m src.submit [--preset smoke|fast|full] [--data-dir D] [--out DIR] [--hparams FILE]
-                         [--folds K] [--epochs E] [--seeds S ...] [--tta] [--resume RUN]
+                         [--extra-hparams FILE ...] [--folds K] [--epochs E] [--seeds S ...] [--tta]
+                         [--pseudo P] [--resume RUN]
 
 Writes <out>/<timestamp>_<preset>_cv<score>.csv with a metadata JSON beside it, and updates
 <out>/submission.csv. Without competition data it runs on a demo dataset built from scikit-learn's digits.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from src import data, model, precision, publish
-from src.config import AugmentConfig, TrainConfig, get_preset, to_dict, with_overrides
+from src.config import AugmentConfig, Preset, TrainConfig, get_preset, to_dict, with_overrides
 from src.errors import DigitsError, run_cli
 from src.files import write_atomically
 
@@ -107,7 +108,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return RunSpec(preset.name, train, preset.augment, hparams, source, extra_models(train, preset))
 
 
-def extra_models(train: TrainConfig, preset) -> tuple[dict[str, Any], ...]:
+def extra_models(train: TrainConfig, preset: Preset) -> tuple[dict[str, Any], ...]:
     """The final round's further models: from --extra-hparams files when given, else the preset's."""
     if train.extra_hparams is not None:
         return tuple(model.load_hparams(path) for path in train.extra_hparams)
