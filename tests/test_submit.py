@@ -146,13 +146,15 @@ def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
 
 
 def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
+    """Round 2 trains on train + sure test rows (less --clean's rows), with a second, different model per fold."""
+    (tmp_path / "small.json").write_text(json.dumps({"filters": [8, 16], "convs_per_block": 1}))
     result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--clean",
-                        "--out", "subs", cwd=tmp_path)  # fmt: skip
+                        "--extra-hparams", "small.json", "--out", "subs", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 2 also trains on the test images" in result.stdout and "pseudo-labelled test images" in result.stdout
     left_out = int(re.search(r"round 2 leaves out (\d+) training rows", result.stdout).group(1))
     etas = [line.rsplit("ETA ", 1)[1] for line in result.stdout.splitlines() if "/epoch, ETA " in line]
-    assert len(etas) == 2 * 2 * 6 and etas[-1] == "0s"  # one ETA over both rounds, corrected to the real pseudo rows
+    assert len(etas) == 2 * 6 + 2 * 2 * 6 and etas[-1] == "0s"  # one ETA over both rounds (round 2: two models)
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
     run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
     round_one = json.loads((run / "round1" / "cv.json").read_text())
@@ -165,6 +167,20 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
     cv = json.loads((run / "cv.json").read_text())
     assert cv["oof_rows"] == 1258 and meta["cv_accuracy"] == cv["cv_accuracy"]  # scored on train rows only
 
+    # the extra model: round 2 only, on every fold, with the same rows and pseudo-labels; the run averages both
+    assert sorted(p.name for p in (run / "round1").glob("*_fold*")) == ["seed0_fold0", "seed0_fold1"]
+    assert sorted(p.name for p in run.glob("*_fold*")) == ["m1_seed0_fold0", "m1_seed0_fold1", "seed0_fold0",
+                                                           "seed0_fold1"]  # fmt: skip
+    assert meta["extra_hparams"][0]["filters"] == [8, 16] != meta["hparams"]["filters"] and cv["models"] == 4
+    for k, first in enumerate(folds):
+        extra = json.loads((run / f"m1_seed0_fold{k}" / "fold.json").read_text())
+        assert (extra["pseudo_rows"], extra["train_rows"]) == (first["pseudo_rows"], first["train_rows"])
+        both = [np.load(run / f"{m}seed0_fold{k}" / "val_probs.npy") for m in ("", "m1_")]
+        val_index = np.load(run / f"seed0_fold{k}" / "val_index.npy")
+        np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], (both[0] + both[1]) / 2, atol=1e-6)
+    again = run_submit("--resume", str(run), "--out", "subs", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("finished earlier") == 6  # round 1's two, round 2's four
+
 
 def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():
     full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
@@ -173,31 +189,9 @@ def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():
     assert submit.spec_from_args(submit.parse_args(["--preset", "fast"])).extra_hparams == ()
 
 
-def test_an_extra_model_trains_every_fold_of_the_final_round_and_joins_the_average(tmp_path):
+def test_a_missing_extra_hparams_file_is_one_line(tmp_path):
     missing = run_submit("--extra-hparams", "nope.json", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.json" in missing.stderr
-    (tmp_path / "small.json").write_text(json.dumps({"filters": [8, 16], "convs_per_block": 1}))
-    args = ["--preset", "smoke", "--folds", "2", "--epochs", "3", "--pseudo", "0.5", "--out", "subs"]
-    result = run_submit(*args, "--extra-hparams", "small.json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    etas = [line.rsplit("ETA ", 1)[1] for line in result.stdout.splitlines() if "/epoch, ETA " in line]
-    assert len(etas) == 2 * 3 + 2 * 2 * 3 and etas[-1] == "0s"  # round 1: one model per fold; round 2: two
-    meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
-    run = tmp_path / meta["run"]
-    assert sorted(p.name for p in (run / "round1").glob("*_fold*")) == ["seed0_fold0", "seed0_fold1"]
-    assert sorted(p.name for p in run.glob("*_fold*")) == ["m1_seed0_fold0", "m1_seed0_fold1", "seed0_fold0",
-                                                           "seed0_fold1"]  # fmt: skip
-    assert meta["extra_hparams"][0]["filters"] == [8, 16] != meta["hparams"]["filters"]
-    for k in (0, 1):  # both models of a fold learn from the same pseudo-labels; the run averages them
-        first, extra = (run / f"seed0_fold{k}", run / f"m1_seed0_fold{k}")
-        assert json.loads((extra / "fold.json").read_text())["pseudo_rows"] == json.loads(
-            (first / "fold.json").read_text())["pseudo_rows"]  # fmt: skip
-        val_index = np.load(first / "val_index.npy")
-        both = (np.load(first / "val_probs.npy") + np.load(extra / "val_probs.npy")) / 2
-        np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], both, atol=1e-6)
-    assert json.loads((run / "cv.json").read_text())["models"] == 4
-    again = run_submit("--resume", str(run), "--out", "subs", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("finished earlier") == 6  # round 1's two, round 2's four
 
 
 def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
