@@ -173,9 +173,13 @@ def train_fold(
     label: str,
     extra_callbacks: tuple = (),
     extra: tuple[np.ndarray, np.ndarray] | None = None,
+    planned: float | None = None,
 ) -> dict[str, Any]:
     """Train one model on `fold.train_index` of images uint8 [N, 28, 28] (plus `extra` (images, labels), e.g.
-    pseudo-labelled test images); save it and its OOF probabilities."""
+    pseudo-labelled test images); save it and its OOF probabilities.
+
+    `planned`: the images `progress` counted for this fold (an estimate for round 2); None: exactly its epochs.
+    """
     import keras
 
     seed = fold_seed(fold.seed, fold.fold)
@@ -185,6 +189,8 @@ def train_fold(
     if extra is not None:
         train_x, train_y = np.concatenate([train_x, extra[0]]), np.concatenate([train_y, extra[1]])
     steps = augment.steps_per_epoch(len(train_y), batch_size)
+    if planned is not None:
+        progress.skip(planned - train.epochs * steps * batch_size)  # the plan's estimate -> this fold's real epochs
     batches = augment.training_batches(train_x, train_y, batch_size, train.epochs, aug, hparams["aug_strength"],
                                        seed, train.workers)  # fmt: skip
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
@@ -269,11 +275,10 @@ def train_folds(
     `prefix` names a further model's folders (m1_seed0_fold0, ...) beside the first model's.
     """
     folds = make_folds(labels, train.folds, train.seeds)
-    batch_size = hparams["batch_size"]
     n_test = len(pseudo.test_images) if pseudo else 0
+    which = prefix.replace("_", " ")  # "m1 " for an extra model
     summaries = []
     for i, fold in enumerate(folds, 1):
-        which = prefix.replace("_", " ")  # "m1 " for an extra model
         label = f"[{which}model {i}/{len(folds)} seed {fold.seed} fold {fold.fold + 1}/{train.folds}]"
         planned = planned_fold_images(train, len(fold.train_index), n_test)  # what planned_images counted
         out_dir = run_dir / f"{prefix}{fold.name}"
@@ -287,9 +292,8 @@ def train_folds(
             if pseudo is not None:
                 fold = pseudo.cleaned(fold)
                 log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold})")
-            per_epoch = epoch_images(len(fold.train_index) + (len(extra[1]) if extra else 0), batch_size)
-            progress.skip(planned - train.epochs * per_epoch)  # the plan's estimate -> this fold's real epochs
-            summary = train_fold(images, labels, fold, hparams, train, aug, out_dir, progress, label, extra=extra)
+            summary = train_fold(images, labels, fold, hparams, train, aug, out_dir, progress, label, extra=extra,
+                                 planned=planned)  # fmt: skip
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries
