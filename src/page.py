@@ -4,6 +4,7 @@ The paper is found through its background, estimated by a grey-level closing (a 
 wider than any pen stroke): the closing removes the ink and keeps the large shapes of the page as they
 are, so the step where coloured paper meets a white PDF margin or a table, or where a hand's shadow
 begins, stays a step and never becomes ink. Ink is how much darker a pixel is than that background.
+Ruled lines, grids and a notebook's margin line are taken out of the ink, the digits that cross them kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ WORK_SIDE = 2000  # pages are processed with their long side at most this many p
 BACKGROUND_SIDE = 500  # the background is estimated on a copy this size
 MIN_SIDE = 16  # smaller than this is no page
 PDF_DPI = 150
+# A rule (a ruled line, a grid line, a margin line) is a straight mark at least this share of the page's long
+# side and this many times longer than it is thick: a digit's stroke is neither (a 1 is 5-40 times its width).
+RULE_LENGTH = 0.2
+RULE_THINNESS = 60
+RULES_SIDE = 700  # rules are looked for on a copy this size
 
 
 # --- files -> RGB pages --------------------------------------------------------------------------------
@@ -173,7 +179,99 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     paper, allowed = background(grey)
     ink = np.clip(1 - (grey.astype(np.float32) + 1) / (paper + 1), 0, 1)
     ink[~allowed] = 0
-    return ink
+    return without_rules(ink)
+
+
+def without_rules(ink: np.ndarray) -> np.ndarray:
+    """float32 [H, W]: the ink with its rules taken out, horizontal ones first, then vertical ones.
+
+    Only the part of a rule's cross-section that is as thick as the rule goes: where a digit's stroke
+    crosses it, the ink is thicker there along the cross-section, and stays whole.
+    """
+    faint = (ink * 255).astype(np.uint8) > 0.5 * ink_threshold(ink)  # all of a rule, its faint stretches too
+    out = ink.copy()
+    horizontal, vertical = rule_segments(faint)
+    if horizontal:
+        rule = rule_pixels(faint, horizontal)
+        out[rule] = 0
+        faint &= ~rule  # a grid's crossings are then free for the vertical rules
+    if vertical:  # transposed views: a vertical rule is a horizontal one
+        out.T[rule_pixels(faint.T, [(y1, x1, y2, x2) for x1, y1, x2, y2 in vertical])] = 0
+    return out
+
+
+def rule_segments(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+    """(the horizontal rules, the vertical ones) as (x1, y1, x2, y2) on `mask`: long thin straight marks."""
+    h, w = mask.shape
+    f = min(1.0, RULES_SIDE / max(h, w))
+    small = cv2.resize(mask.astype(np.uint8) * 255, (max(1, round(w * f)), max(1, round(h * f))),
+                       interpolation=cv2.INTER_AREA) > 64  # fmt: skip
+    length = max(20, round(RULE_LENGTH * max(small.shape)))
+    found = cv2.HoughLinesP(small.astype(np.uint8), 1, np.pi / 360, length, minLineLength=length,
+                            maxLineGap=max(2, length // 20))  # fmt: skip
+    horizontal: list[tuple[int, int, int, int]] = []
+    vertical: list[tuple[int, int, int, int]] = []
+    for x1, y1, x2, y2 in [] if found is None else (found.reshape(-1, 4) / f).round().astype(int).tolist():
+        (horizontal if abs(x2 - x1) >= abs(y2 - y1) else vertical).append((x1, y1, x2, y2))
+    return horizontal, vertical
+
+
+def rule_pixels(mask: np.ndarray, segments: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """bool [H, W]: the pixels of the (near-horizontal) rules `segments` that no digit's stroke crosses.
+
+    A segment's thickness is the median height of the vertical runs of mask pixels on it: one much
+    thicker for its length is a stroke, not a rule, and the rules of a page are printed alike, so the
+    median rule says how thick a run of a rule may be. The runs a rule passes through that are no
+    thicker go; a run where a stroke crosses is taller, and stays.
+    """
+    starts, columns, heights = vertical_runs(mask)
+    height_at = paint_runs(mask.shape, starts, columns, heights)
+    thickness = [segment_thickness(height_at, segment) for segment in segments]
+    rules = [(segment, t) for segment, t in zip(segments, thickness) if t and length(segment) >= RULE_THINNESS * t]
+    if not rules:
+        return np.zeros(mask.shape, bool)
+    thickest = int(np.median([t for _, t in rules])) + 2
+    seeds = np.zeros(mask.shape, np.uint8)
+    for (x1, y1, x2, y2), t in rules:
+        if t <= thickest:
+            cv2.line(seeds, (x1, y1), (x2, y2), 1, 5)  # 5: the segment found on the small copy is +-2 px off
+    run_at = paint_runs(mask.shape, starts, columns, heights, np.arange(1, len(heights) + 1))  # 0: no run
+    hit = np.zeros(len(heights) + 1, bool)
+    hit[run_at[seeds > 0]] = True
+    hit = hit[1:] & (heights <= thickest)
+    return paint_runs(mask.shape, starts[hit], columns[hit], heights[hit]) > 0
+
+
+def length(segment: tuple[int, int, int, int]) -> float:
+    x1, y1, x2, y2 = segment
+    return float(np.hypot(x2 - x1, y2 - y1))
+
+
+def segment_thickness(height_at: np.ndarray, segment: tuple[int, int, int, int]) -> int:
+    """The median height of the runs along `segment` (0 when it is mostly off the mask: no rule)."""
+    x1, y1, x2, y2 = segment
+    xs = np.clip(np.linspace(x1, x2, 64).round().astype(int), 0, height_at.shape[1] - 1)
+    ys = np.clip(np.linspace(y1, y2, 64).round().astype(int), 0, height_at.shape[0] - 1)
+    on = height_at[ys, xs][height_at[ys, xs] > 0]
+    return int(np.median(on)) if on.size > 32 else 0
+
+
+def vertical_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start row, column, height) of each vertical run of mask pixels, as int arrays."""
+    steps = np.diff(np.pad(mask.astype(np.int8), ((1, 1), (0, 0))), axis=0)
+    columns, starts = np.nonzero(steps.T == 1)  # column by column, so starts and ends pair up in order
+    _, ends = np.nonzero(steps.T == -1)
+    return starts, columns, ends - starts
+
+
+def paint_runs(shape: tuple[int, ...], starts: np.ndarray, columns: np.ndarray, heights: np.ndarray,
+               values: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """int32 [H, W]: each run's pixels set to its value (default: its height), 0 elsewhere."""
+    painted = np.zeros(shape[:2], np.int32)
+    within = np.arange(heights.sum()) - np.repeat(np.cumsum(heights) - heights, heights)  # 0, 1, .. down each run
+    painted[np.repeat(starts, heights) + within, np.repeat(columns, heights)] = np.repeat(
+        heights if values is None else values, heights)  # fmt: skip
+    return painted
 
 
 def binarize(ink: np.ndarray) -> np.ndarray:
@@ -182,9 +280,14 @@ def binarize(ink: np.ndarray) -> np.ndarray:
     Otsu runs on the pixels that are at least faintly inked: on a page that is mostly paper the
     paper's own grain would otherwise set the threshold.
     """
+    return (ink * 255).astype(np.uint8) > ink_threshold(ink)
+
+
+def ink_threshold(ink: np.ndarray) -> float:
+    """binarize's level of ink, 0-255 (255 when there is too little ink to tell: nothing is ink)."""
     scaled = (ink * 255).astype(np.uint8)
     inked = scaled[scaled > 25]
     if inked.size < 20:
-        return np.zeros(ink.shape, bool)
+        return 255.0
     threshold, _ = cv2.threshold(inked.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return scaled > min(max(threshold * 0.8, 40), 110)
+    return min(max(threshold * 0.8, 40), 110)

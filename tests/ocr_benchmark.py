@@ -33,6 +33,10 @@ KINDS = {
     "touching": dict(spacing=(-0.08, 0.05), noise=3, jpeg=80),
     "photo on a PDF page with a white margin": dict(),
     "a sheet on a wooden table": dict(),
+    "notebook paper (ruled lines, a margin line)": dict(
+        paper_rules="notebook", paper=(235, 232, 225), noise=3, jpeg=80
+    ),
+    "squared paper": dict(paper_rules="squared", paper=(235, 232, 225), noise=3, jpeg=80),
 }
 
 

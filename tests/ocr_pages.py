@@ -1,8 +1,8 @@
 """Synthetic handwritten pages with known text, built from real train.csv digits (for the OCR tests).
 
 Digits are drawn as pen strokes (src.reader.pen_glyph) in strings, laid out in one or more columns,
-optionally slanted or curved, on paper that looks photographed: coloured, shaded, with a hand's hard
-shadow, specks, dashes and noise; then put on a white PDF margin or a dark table if asked.
+optionally slanted or curved, on paper that looks photographed: coloured, ruled or squared, shaded, with
+a hand's hard shadow, specks, dashes and noise; then put on a white PDF margin or a dark table if asked.
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ def make_page(images, labels, rng: np.random.Generator, lines: int = 4, columns:
               size: tuple[int, int] = (900, 1200), paper=(250, 250, 245), ink=(20, 20, 30),
               shadow: bool = False, hard_shadow: bool = False, noise: float = 0.0, skew_deg: float = 0.0,
               specks: int = 0, dashes: int = 0, ruled: bool = False, slope: float = 0.0, curve: float = 0.0,
-              spacing: tuple[float, float] = (0.15, 0.4), jpeg: int = 0) -> tuple[np.ndarray, list[str]]:  # fmt: skip
-    """(RGB uint8 [H, W, 3] page, the text of each line in reading order: rows top to bottom, then left to right)."""
+              spacing: tuple[float, float] = (0.15, 0.4), jpeg: int = 0, paper_rules: str = "",
+              ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """(RGB uint8 [H, W, 3] page, the text of each line in reading order: rows top to bottom, then left to right).
+
+    `ruled`: one line across the bottom; `paper_rules`: "notebook" (lines with a margin line) or "squared",
+    printed under the ink, as dark as a pencil's grey at most.
+    """
     height, width = size
     alpha = np.zeros((height, width), np.float32)
     rows: list[list[str]] = [[] for _ in range(lines)]
@@ -57,6 +62,8 @@ def make_page(images, labels, rng: np.random.Generator, lines: int = 4, columns:
             used += n
             rows[li].append(text)
     page = np.ones((height, width, 3), np.float32) * np.array(paper, np.float32)
+    if paper_rules:
+        print_rules(page, paper_rules, rng)
     page = page * (1 - alpha[..., None]) + np.array(ink, np.float32) * alpha[..., None]
     for _ in range(dashes):  # short dashes and smudges between the strings
         cx, cy = int(rng.integers(60, width - 60)), int(rng.integers(60, height - 60))
@@ -85,6 +92,23 @@ def make_page(images, labels, rng: np.random.Generator, lines: int = 4, columns:
     if jpeg:
         page = cv2.imdecode(cv2.imencode(".jpg", page, [cv2.IMWRITE_JPEG_QUALITY, jpeg])[1], cv2.IMREAD_UNCHANGED)
     return page, [text for row in rows for text in row if text]
+
+
+def print_rules(page: np.ndarray, kind: str, rng: np.random.Generator) -> None:
+    """Rule `page` (float32 [H, W, 3]) in place: a notebook's lines and red margin line, or a squared grid.
+
+    The step (28-40 px) is smaller than the digits (40-70 px), so every string crosses rules.
+    """
+    height, width = page.shape[:2]
+    step, shade = int(rng.integers(28, 41)), float(rng.uniform(0.45, 0.75))  # shade: the rule's share of the paper
+    colour = tuple(float(c) for c in page[0, 0] * (shade, shade + 0.1, min(1.0, shade + 0.3)))  # bluish
+    for y in range(step, height, step):
+        cv2.line(page, (0, y), (width, y), colour, 2)
+    if kind == "squared":
+        for x in range(step, width, step):
+            cv2.line(page, (x, 0), (x, height), colour, 2)
+    else:
+        cv2.line(page, (30, 0), (30, height), (200.0, 80.0, 80.0), 2)  # the red margin line
 
 
 def on_margin(page: np.ndarray, margin: int = 120) -> np.ndarray:

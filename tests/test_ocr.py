@@ -127,6 +127,32 @@ def test_a_sheet_on_a_wooden_table(unseen, classify):
     assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
 
 
+@pytest.mark.parametrize("rules", ["notebook", "squared"])
+def test_ruled_and_squared_paper_lose_their_rules_not_their_digits(rules, unseen, classify):
+    """Rules every 28-40 px under 40-70 px digits, as dark as pencil: before they were taken out, every string
+    touching a rule was one mark with it, and a squared page read as hundreds of 1s (in minutes)."""
+    for seed in (80, 81):
+        rgb, texts = page_of("clean", unseen, seed=seed, paper_rules=rules, paper=(235, 232, 225), noise=3, jpeg=80)
+        _, got = read_texts(rgb, classify)
+        assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
+
+
+def test_a_rule_goes_but_a_stroke_that_crosses_it_and_a_tall_one_stay():
+    ink = np.zeros((400, 600), np.float32)
+    ink[200:203, :] = 0.6  # a ruled line across the page
+    ink[:, 40:42] = 0.6  # a margin line
+    ink[150:260, 300:306] = 0.9  # a 1 that crosses the line
+    ink[20:380, 100:110] = 0.9  # a 1 as tall as the page: long and straight, but no rule (36 times its width)
+    out = page.without_rules(ink)
+    assert out[199:204, 120:290].max() == 0 and out[199:204, 320:].max() == 0  # the line is gone ...
+    assert out[:190, 38:44].max() == 0  # ... and the margin line
+    assert (out[150:260, 300:306] == 0.9).all()  # the crossing stroke is whole, where it crosses too
+    assert (out[20:380, 100:110] == 0.9).all()
+    blank = np.zeros((400, 600), np.float32)
+    blank[100:140, 200:230] = 0.8
+    assert (page.without_rules(blank) == blank).all()  # no rule, nothing taken
+
+
 @pytest.mark.parametrize("turn", [1, 2, 3])
 def test_finds_the_orientation_of_sideways_and_upside_down_pages(turn, unseen, classify):
     rgb, texts = page_of("clean", unseen, seed=70 + turn)
