@@ -67,21 +67,34 @@ def box_distance(a: Box, b: Box) -> float:
 
 
 def join_broken(found: list[tuple[int, int, int, int, int]], typical: float) -> list[Box]:
-    """Pieces of one digit joined: stacked pieces (a 5's bar, a 9's tail) and short pieces nearly touching one."""
+    """Pieces of one digit joined: stacked pieces (a 5's bar, a 9's tail) and short pieces nearly touching one.
+
+    Stacked pairs merge in the order a scan from the left meets them, each scan only as far as a box
+    reaches to its right: a page broken into thousands of pieces takes seconds, not minutes.
+    """
     boxes = sorted((b[:4] for b in found), key=lambda b: b[0])
-    joined = True
-    while joined:
-        joined = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                if stacked(boxes[i], boxes[j], typical):
-                    boxes[i] = union(boxes[i], boxes[j])
-                    del boxes[j]
-                    joined = True
-                    break
-            if joined:
-                break
+    i = 0
+    while i < len(boxes):
+        j = stacked_partner(boxes, i, typical)
+        if j is None:
+            i += 1
+            continue
+        boxes[i] = union(boxes[i], boxes[j])  # keeps its place: boxes stay sorted by x
+        del boxes[j]
+        # the grown box may now be stacked with one before it: that pair is the next one the scan meets
+        i = next((k for k in range(i) if stacked(boxes[k], boxes[i], typical)), i)
     return attach_fragments(boxes, typical)
+
+
+def stacked_partner(boxes: list[Box], i: int, typical: float) -> int | None:
+    """The first box after boxes[i] (sorted by x) stacked with it; those starting right of it cannot overlap it."""
+    a = boxes[i]
+    for j in range(i + 1, len(boxes)):
+        if boxes[j][0] >= a[0] + a[2]:
+            return None
+        if stacked(a, boxes[j], typical):
+            return j
+    return None
 
 
 def stacked(a: Box, b: Box, typical: float) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -99,6 +100,15 @@ def test_a_box_as_wide_as_a_digit_is_never_cut_and_a_bridge_is_a_cut():
     cuts = layout.segmentations((5, 5, 50, 30), mask, typical_width=22.0)
     assert any(len(pieces) == 2 and 25 <= pieces[1][0] <= 32 for pieces in cuts)
     assert layout.segmentations((5, 5, 20, 30), mask, typical_width=22.0) == []
+
+
+def test_thousands_of_broken_digits_are_joined_in_seconds():
+    """A page broken into pieces (a grid the rules step missed, a texture) took minutes in join_broken alone."""
+    halves = [(30 * k, y, 20, 18, 200) for k in range(1500) for y in (0, 22)]  # top and bottom of 1,500 digits
+    start = time.time()
+    boxes = layout.join_broken(halves, typical=40.0)
+    assert time.time() - start < 5
+    assert boxes == [(30 * k, 0, 20, 40) for k in range(1500)]
 
 
 @pytest.mark.parametrize("columns", [2, 3])
