@@ -290,4 +290,4 @@ def ink_threshold(ink: np.ndarray) -> float:
     if inked.size < 20:
         return 255.0
     threshold, _ = cv2.threshold(inked.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return min(max(threshold * 0.8, 40), 110)
+    return float(min(max(threshold * 0.8, 40), 110))
