@@ -27,6 +27,7 @@ PDF_DPI = 150
 RULE_LENGTH = 0.2
 RULE_THINNESS = 60
 RULES_SIDE = 700  # rules are looked for on a copy this size
+Segment = tuple[int, int, int, int]  # x1, y1, x2, y2
 
 
 # --- files -> RGB pages --------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def without_rules(ink: np.ndarray) -> np.ndarray:
     return out
 
 
-def rule_segments(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+def rule_segments(mask: np.ndarray) -> tuple[list[Segment], list[Segment]]:
     """(the horizontal rules, the vertical ones) as (x1, y1, x2, y2) on `mask`: long thin straight marks."""
     h, w = mask.shape
     f = min(1.0, RULES_SIDE / max(h, w))
@@ -209,14 +210,14 @@ def rule_segments(mask: np.ndarray) -> tuple[list[tuple[int, int, int, int]], li
     length = max(20, round(RULE_LENGTH * max(small.shape)))
     found = cv2.HoughLinesP(small.astype(np.uint8), 1, np.pi / 360, length, minLineLength=length,
                             maxLineGap=max(2, length // 20))  # fmt: skip
-    horizontal: list[tuple[int, int, int, int]] = []
-    vertical: list[tuple[int, int, int, int]] = []
+    horizontal: list[Segment] = []
+    vertical: list[Segment] = []
     for x1, y1, x2, y2 in [] if found is None else (found.reshape(-1, 4) / f).round().astype(int).tolist():
         (horizontal if abs(x2 - x1) >= abs(y2 - y1) else vertical).append((x1, y1, x2, y2))
     return horizontal, vertical
 
 
-def rule_pixels(mask: np.ndarray, segments: list[tuple[int, int, int, int]]) -> np.ndarray:
+def rule_pixels(mask: np.ndarray, segments: list[Segment]) -> np.ndarray:
     """bool [H, W]: the pixels of the (near-horizontal) rules `segments` that no digit's stroke crosses.
 
     A segment's thickness is the median height of the vertical runs of mask pixels on it: one much
@@ -230,24 +231,24 @@ def rule_pixels(mask: np.ndarray, segments: list[tuple[int, int, int, int]]) -> 
     rules = [(segment, t) for segment, t in zip(segments, thickness) if t and length(segment) >= RULE_THINNESS * t]
     if not rules:
         return np.zeros(mask.shape, bool)
-    thickest = int(np.median([t for _, t in rules])) + 2
+    max_run = int(np.median([t for _, t in rules])) + 2  # the most a rule's cross-section may measure
     seeds = np.zeros(mask.shape, np.uint8)
     for (x1, y1, x2, y2), t in rules:
-        if t <= thickest:
+        if t <= max_run:
             cv2.line(seeds, (x1, y1), (x2, y2), 1, 5)  # 5: the segment found on the small copy is +-2 px off
     run_at = paint_runs(mask.shape, starts, columns, heights, np.arange(1, len(heights) + 1))  # 0: no run
     hit = np.zeros(len(heights) + 1, bool)
     hit[run_at[seeds > 0]] = True
-    hit = hit[1:] & (heights <= thickest)
+    hit = hit[1:] & (heights <= max_run)
     return paint_runs(mask.shape, starts[hit], columns[hit], heights[hit]) > 0
 
 
-def length(segment: tuple[int, int, int, int]) -> float:
+def length(segment: Segment) -> float:
     x1, y1, x2, y2 = segment
     return float(np.hypot(x2 - x1, y2 - y1))
 
 
-def segment_thickness(height_at: np.ndarray, segment: tuple[int, int, int, int]) -> int:
+def segment_thickness(height_at: np.ndarray, segment: Segment) -> int:
     """The median height of the runs along `segment` (0 when it is mostly off the mask: no rule)."""
     x1, y1, x2, y2 = segment
     xs = np.clip(np.linspace(x1, x2, 64).round().astype(int), 0, height_at.shape[1] - 1)
