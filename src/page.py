@@ -189,7 +189,8 @@ def without_rules(ink: np.ndarray) -> np.ndarray:
     Only the part of a rule's cross-section that is as thick as the rule goes: where a digit's stroke
     crosses it, the ink is thicker there along the cross-section, and stays whole.
     """
-    faint = (ink * 255).astype(np.uint8) > 0.5 * ink_threshold(ink)  # all of a rule, its faint stretches too
+    scaled = (ink * 255).astype(np.uint8)
+    faint = scaled > 0.5 * ink_threshold(scaled)  # all of a rule, its faint stretches too
     out = ink.copy()
     horizontal, vertical = rule_segments(faint)
     if horizontal:
@@ -226,7 +227,8 @@ def rule_pixels(mask: np.ndarray, segments: list[Segment]) -> np.ndarray:
     thicker go; a run where a stroke crosses is taller, and stays.
     """
     starts, columns, heights = vertical_runs(mask)
-    height_at = paint_runs(mask.shape, starts, columns, heights)
+    run_at = run_ids(mask.shape, starts, columns, heights)
+    height_at = np.concatenate([[0], heights])[run_at]
     thickness = [segment_thickness(height_at, segment) for segment in segments]
     rules = [(segment, t) for segment, t in zip(segments, thickness) if t and length(segment) >= RULE_THINNESS * t]
     if not rules:
@@ -236,11 +238,11 @@ def rule_pixels(mask: np.ndarray, segments: list[Segment]) -> np.ndarray:
     for (x1, y1, x2, y2), t in rules:
         if t <= max_run:
             cv2.line(seeds, (x1, y1), (x2, y2), 1, 5)  # 5: the segment found on the small copy is +-2 px off
-    run_at = paint_runs(mask.shape, starts, columns, heights, np.arange(1, len(heights) + 1))  # 0: no run
     hit = np.zeros(len(heights) + 1, bool)
     hit[run_at[seeds > 0]] = True
-    hit = hit[1:] & (heights <= max_run)
-    return paint_runs(mask.shape, starts[hit], columns[hit], heights[hit]) > 0
+    hit[1:] &= heights <= max_run
+    hit[0] = False  # off every run
+    return hit[run_at]
 
 
 def length(segment: Segment) -> float:
@@ -265,14 +267,13 @@ def vertical_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return starts, columns, ends - starts
 
 
-def paint_runs(shape: tuple[int, ...], starts: np.ndarray, columns: np.ndarray, heights: np.ndarray,
-               values: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-    """int32 [H, W]: each run's pixels set to its value (default: its height), 0 elsewhere."""
-    painted = np.zeros(shape[:2], np.int32)
+def run_ids(shape: tuple[int, ...], starts: np.ndarray, columns: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """int32 [H, W]: 1 + the index of the run each pixel is in, 0 off every run."""
+    ids = np.zeros(shape[:2], np.int32)
     within = np.arange(heights.sum()) - np.repeat(np.cumsum(heights) - heights, heights)  # 0, 1, .. down each run
-    painted[np.repeat(starts, heights) + within, np.repeat(columns, heights)] = np.repeat(
-        heights if values is None else values, heights)  # fmt: skip
-    return painted
+    ids[np.repeat(starts, heights) + within, np.repeat(columns, heights)] = np.repeat(
+        np.arange(1, len(heights) + 1), heights)  # fmt: skip
+    return ids
 
 
 def binarize(ink: np.ndarray) -> np.ndarray:
@@ -281,12 +282,12 @@ def binarize(ink: np.ndarray) -> np.ndarray:
     Otsu runs on the pixels that are at least faintly inked: on a page that is mostly paper the
     paper's own grain would otherwise set the threshold.
     """
-    return (ink * 255).astype(np.uint8) > ink_threshold(ink)
-
-
-def ink_threshold(ink: np.ndarray) -> float:
-    """binarize's level of ink, 0-255 (255 when there is too little ink to tell: nothing is ink)."""
     scaled = (ink * 255).astype(np.uint8)
+    return scaled > ink_threshold(scaled)
+
+
+def ink_threshold(scaled: np.ndarray) -> float:
+    """binarize's level of ink, for ink as uint8 0-255 (255 when there is too little ink to tell: nothing is ink)."""
     inked = scaled[scaled > 25]
     if inked.size < 20:
         return 255.0
