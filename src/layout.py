@@ -119,19 +119,22 @@ def attach_fragments(boxes: list[Box], typical: float) -> list[Box]:
 
 MAX_CUTS = 6  # candidate cut columns per wide box: at most C(8, 2) = 28 pieces to read
 SPLIT_WIDTH = 1.1  # boxes this many typical digit widths wide may be touching digits (a 1 beside a 4: ~1.3)
+UNREAD_SPLIT_WIDTH = 0.75  # the same for a box that does not read as a digit (a narrow pair, squeezed)
 MIN_PIECE = 0.12  # of the box's height: narrower than a 1 is no digit
 MAX_PIECE = 1.6  # typical digit widths
 MIN_HEIGHT = 0.5  # of the box's height: touching digits are about as tall as each other
 
 
-def segmentations(box: Box, mask: np.ndarray, typical_width: float) -> list[list[Box]]:
-    """The ways a box wider than a digit may be cut into 2-4 touching digits (none for a digit-wide box).
+def segmentations(
+    box: Box, mask: np.ndarray, typical_width: float, split_width: float = SPLIT_WIDTH
+) -> list[list[Box]]:
+    """The ways a box `split_width` typical digits wide or wider may be cut into 2-4 touching digits.
 
     Cuts go at the columns with the least ink; the caller reads every piece and keeps the segmentation
     the reader is surest of, or the whole box.
     """
     x, y, w, h = box
-    if w < SPLIT_WIDTH * typical_width:
+    if w < split_width * typical_width:
         return []
     profile = mask[y : y + h, x : x + w].sum(axis=0).astype(float)
     narrowest = max(2, int(MIN_PIECE * h))

@@ -136,11 +136,20 @@ def read_lines(marks: Marks, classify: Classify) -> list[Line]:
         return []
     digit_boxes = [b for b in marks.boxes if b[3] >= 0.6 * marks.typical] or marks.boxes
     typical_width = float(np.median([b[2] for b in digit_boxes]))
-    options = {b: layout.segmentations(b, marks.mask, typical_width) for b in marks.boxes}
+    options = {b: layout.segmentations(b, marks.mask, typical_width, split_width(marks.probs[b])) for b in marks.boxes}
     pieces = [p for cuts in options.values() for ps in cuts for p in ps if p not in marks.probs]
     probs = {**marks.probs, **read_boxes(marks.ink, marks.mask, list(dict.fromkeys(pieces)), classify)}
     chosen = [p for b, cuts in options.items() for p in best_reading(b, cuts, probs)]
     return [to_line(line, probs) for line in layout.layout(chosen, marks.typical)]
+
+
+def split_width(p: np.ndarray) -> float:
+    """Typical digit widths a box must span before cuts are tried (`p`: its reading, float32 [11]).
+
+    Two touching digits are wider than one, but a narrow pair (a 1 beside a 4) is not much wider; when
+    the whole box does not read as a digit, it is cut from a narrower width.
+    """
+    return layout.SPLIT_WIDTH if confidence(p) >= MIN_CONFIDENCE else layout.UNREAD_SPLIT_WIDTH
 
 
 def with_reject_column(probs: np.ndarray) -> np.ndarray:

@@ -82,14 +82,14 @@ def test_touching_digits_are_split(unseen, classify):
 
 def test_touching_digits_on_many_pages_are_cut_where_the_reader_is_surest(unseen, classify):
     """16 pages of strings whose digits touch or overlap: 92.6% of digits right with one even cut per wide box and
-    a reader that took a touching pair for one digit; 94.9% now that every cut at the least-ink columns is read
-    and pairs are "not a digit" to the reader."""
+    a reader that took a touching pair for one digit; 94.9% once every cut at the least-ink columns was read
+    and pairs were "not a digit" to the reader; 95.6% now that a narrow box the reader rejects is cut too."""
     wrong = total = 0
     for seed in range(60, 76):
         rgb, texts = page_of("touching", unseen, seed=seed, spacing=(-0.08, 0.05))
         e, n = ocr.digit_errors(read_texts(rgb, classify)[1], texts)
         wrong, total = wrong + e, total + n
-    assert 1 - wrong / total >= 0.94, (wrong, total)
+    assert 1 - wrong / total >= 0.955, (wrong, total)
 
 
 def test_a_box_as_wide_as_a_digit_is_never_cut_and_a_bridge_is_a_cut():
@@ -100,6 +100,18 @@ def test_a_box_as_wide_as_a_digit_is_never_cut_and_a_bridge_is_a_cut():
     cuts = layout.segmentations((5, 5, 50, 30), mask, typical_width=22.0)
     assert any(len(pieces) == 2 and 25 <= pieces[1][0] <= 32 for pieces in cuts)
     assert layout.segmentations((5, 5, 20, 30), mask, typical_width=22.0) == []
+
+
+def test_a_narrow_box_is_cut_only_when_it_does_not_read_as_a_digit():
+    """A 1 touching a 4 is hardly wider than one digit: such a box is cut when the reader rejects it whole."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:35, 5:9] = 1  # a 1, touching a blob by a thin bridge
+    mask[5:35, 14:30] = 1
+    mask[18:21, 9:14] = 1
+    box, rejected, a_digit = (5, 5, 25, 30), np.eye(11)[reader.NOT_A_DIGIT], np.eye(11)[4]
+    assert layout.segmentations(box, mask, 28.0, recognize.split_width(a_digit)) == []
+    cuts = layout.segmentations(box, mask, 28.0, recognize.split_width(rejected))
+    assert any(len(pieces) == 2 and 9 <= pieces[1][0] <= 14 for pieces in cuts)
 
 
 def test_thousands_of_broken_digits_are_joined_in_seconds():
