@@ -152,7 +152,8 @@ def paper_region(small: np.ndarray, paper: np.ndarray, busy: float = 0.06) -> np
     the border whose surface is busy with ink-like marks is no paper but what it lies on (a table, a carpet).
 
     Smooth regions stay, bright or dark: a white PDF margin holds no ink anyway, and a hand's shadow on
-    the paper may hold digits.
+    the paper may hold digits. The region under the photo's centre stays too: a photo is taken of the page,
+    and a page of ruled or squared paper is as busy as a table.
     """
     level, _ = cv2.threshold(paper, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     bright = paper > level
@@ -164,7 +165,8 @@ def paper_region(small: np.ndarray, paper: np.ndarray, busy: float = 0.06) -> np
         n, labels = cv2.connectedComponents(side.astype(np.uint8), connectivity=4)  # 0: the other side
         density = np.bincount(labels[inkish], minlength=n) / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
         on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        busy_regions = [label for label in on_border if label and density[label] > busy]
+        centre = labels[labels.shape[0] // 2, labels.shape[1] // 2]
+        busy_regions = [label for label in on_border if label not in (0, centre) and density[label] > busy]
         if busy_regions:
             keep &= ~np.isin(labels, busy_regions)
     return keep

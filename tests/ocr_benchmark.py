@@ -37,6 +37,9 @@ KINDS = {
         paper_rules="notebook", paper=(235, 232, 225), noise=3, jpeg=80
     ),
     "squared paper": dict(paper_rules="squared", paper=(235, 232, 225), noise=3, jpeg=80),
+    "ruled paper photographed askew (6 degrees)": dict(
+        paper_rules="notebook", paper=(235, 232, 225), noise=3, jpeg=80, skew_deg=6.0
+    ),
 }
 
 

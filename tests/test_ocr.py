@@ -159,6 +159,15 @@ def test_ruled_and_squared_paper_lose_their_rules_not_their_digits(rules, unseen
         assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
 
 
+@pytest.mark.parametrize("rules", ["notebook", "squared"])
+def test_ruled_paper_photographed_askew_is_still_paper(rules, unseen, classify):
+    """Turned 6 degrees, the sheet shows what it lies on in a corner; its rules made the whole sheet look as busy
+    as a table, and the page read as nothing at all."""
+    rgb, texts = page_of("clean", unseen, seed=208, paper_rules=rules, paper=(235, 232, 225), noise=3, skew_deg=6.0)
+    _, got = read_texts(rgb, classify)
+    assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
+
+
 def test_a_rule_goes_but_a_stroke_that_crosses_it_and_a_tall_one_stay():
     ink = np.zeros((400, 600), np.float32)
     ink[200:203, :] = 0.6  # a ruled line across the page
