@@ -240,7 +240,41 @@ def rows_across(lines: list[list[Box]], x0: int, x1: int) -> int:
 
 
 def layout(boxes: list[Box], typical: float) -> list[LineBoxes]:
-    """Lines of boxes in reading order: top to bottom, lines at the same height left to right."""
+    """Lines of boxes in reading order: top to bottom, lines at the same height left to right.
+
+    On a page photographed askew the lines are first made level (see `level`), so that two groups of one
+    line, or two columns of one row, stay at one height across the gap between them.
+    """
+    slope = skew(boxes)
+    levelled = [level(b, slope) for b in boxes]
+    original = dict(zip(levelled, boxes))
+    lines = levelled_layout(levelled, typical)
+    for line in lines:
+        line.boxes = [original[b] for b in line.boxes]
+    return lines
+
+
+MIN_SKEW = 0.01  # slope (0.6 degrees) below which a page is taken as level
+
+
+def skew(boxes: list[Box]) -> float:
+    """The page's slope (dy/dx): the median slope of its lines of three boxes or more, 0 if it has none."""
+    slopes = []
+    for chain in chains(boxes):
+        if len(chain) >= 3:
+            xs = [boxes[i][0] + boxes[i][2] / 2 for i in chain]
+            slopes.append(float(np.polyfit(xs, [centre_y(boxes[i]) for i in chain], 1)[0]))
+    slope = float(np.median(slopes)) if slopes else 0.0
+    return slope if abs(slope) >= MIN_SKEW else 0.0
+
+
+def level(box: Box, slope: float) -> Box:
+    """The box moved up or down by the page's slope at its centre: lines of an askew page made level."""
+    x, y, w, h = box
+    return x, y - round(slope * (x + w / 2)), w, h
+
+
+def levelled_layout(boxes: list[Box], typical: float) -> list[LineBoxes]:
     lines = [[boxes[i] for i in chain] for chain in chains(boxes)]
     cuts = gutters(boxes, lines, typical)
     lines = [piece for line in lines for piece in cut_at(line, cuts)]
