@@ -171,6 +171,16 @@ def test_ruled_paper_photographed_askew_is_still_paper(rules, skew, seed, unseen
     assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
 
 
+def test_a_rule_found_beside_its_line_is_moved_onto_it():
+    mask = np.zeros((200, 600), bool)
+    mask[101:104, :] = True  # a rule 3 px thick; the small copy put it 2 px higher
+    starts, columns, heights = page.vertical_runs(mask)
+    height_at = np.concatenate([[0], heights])[page.run_ids(mask.shape, starts, columns, heights)]
+    (x1, y1, x2, y2), thickness = page.on_its_rule(height_at, (0, 99, 599, 99))
+    assert 101 <= y1 == y2 <= 103 and thickness == 3
+    assert page.on_its_rule(height_at, (0, 60, 599, 60)) == ((0, 60, 599, 60), 0)  # nothing near: no rule
+
+
 def test_a_page_photographed_askew_is_read_line_by_line_in_order(unseen, classify):
     """Turned 6 degrees, each line's second group stood higher than its first: two rows with such a gap made two
     columns, and the right column's lines came first. Lines are made level before they are ordered."""
