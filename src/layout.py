@@ -245,10 +245,13 @@ def layout(boxes: list[Box], typical: float) -> list[LineBoxes]:
     On a page photographed askew the lines are first made level (see `level`), so that two groups of one
     line, or two columns of one row, stay at one height across the gap between them.
     """
-    slope = skew(boxes)
+    found = chains(boxes)
+    slope = skew(boxes, found)
+    if not slope:
+        return level_layout(boxes, found, typical)
     levelled = [level(b, slope) for b in boxes]
     original = dict(zip(levelled, boxes))
-    lines = levelled_layout(levelled, typical)
+    lines = level_layout(levelled, chains(levelled), typical)
     for line in lines:
         line.boxes = [original[b] for b in line.boxes]
     return lines
@@ -257,10 +260,11 @@ def layout(boxes: list[Box], typical: float) -> list[LineBoxes]:
 MIN_SKEW = 0.01  # slope (0.6 degrees) below which a page is taken as level
 
 
-def skew(boxes: list[Box]) -> float:
-    """The page's slope (dy/dx): the median slope of its lines of three boxes or more, 0 if it has none."""
+def skew(boxes: list[Box], found: list[list[int]]) -> float:
+    """The page's slope (dy/dx): the median slope of its lines (`found`: `chains(boxes)`) of three boxes or more,
+    0 if it has none."""
     slopes = []
-    for chain in chains(boxes):
+    for chain in found:
         if len(chain) >= 3:
             xs = [boxes[i][0] + boxes[i][2] / 2 for i in chain]
             slopes.append(float(np.polyfit(xs, [centre_y(boxes[i]) for i in chain], 1)[0]))
@@ -274,8 +278,9 @@ def level(box: Box, slope: float) -> Box:
     return x, y - round(slope * (x + w / 2)), w, h
 
 
-def levelled_layout(boxes: list[Box], typical: float) -> list[LineBoxes]:
-    lines = [[boxes[i] for i in chain] for chain in chains(boxes)]
+def level_layout(boxes: list[Box], found: list[list[int]], typical: float) -> list[LineBoxes]:
+    """`layout` of a level page whose boxes are chained into `found` (`chains(boxes)`)."""
+    lines = [[boxes[i] for i in chain] for chain in found]
     cuts = gutters(boxes, lines, typical)
     lines = [piece for line in lines for piece in cut_at(line, cuts)]
     blocked = [LineBoxes(line, block=sum(line[0][0] >= x1 for _, x1 in cuts)) for line in lines]

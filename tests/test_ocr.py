@@ -191,9 +191,10 @@ def test_a_page_photographed_askew_is_read_line_by_line_in_order(unseen, classif
 
 def test_the_skew_of_a_page_is_the_slope_of_its_lines():
     rows = [[(x, round(100 * r + 0.1 * x), 20, 30) for x in range(0, 300, 28)] for r in range(3)]
-    assert layout.skew([b for row in rows for b in row]) == pytest.approx(0.1, abs=0.01)
-    assert layout.skew([(x, 100, 20, 30) for x in range(0, 300, 28)]) == 0.0
-    lines = layout.layout([b for row in rows for b in row], typical=30.0)
+    boxes, flat = [b for row in rows for b in row], [(x, 100, 20, 30) for x in range(0, 300, 28)]
+    assert layout.skew(boxes, layout.chains(boxes)) == pytest.approx(0.1, abs=0.01)
+    assert layout.skew(flat, layout.chains(flat)) == 0.0
+    lines = layout.layout(boxes, typical=30.0)
     assert [line.boxes for line in lines] == rows  # levelled to find the lines, returned as found
 
 
