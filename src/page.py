@@ -128,11 +128,13 @@ def work_size(rgb: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def background(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(paper brightness float32 [H, W], bool [H, W] true where ink may be: on the paper, off its steps).
+    """(paper brightness float32 [H, W], bool [H, W] true where ink may be: on the paper).
 
     Estimated on a small copy: a closing wider than a stroke removes the ink, a median smooths the grain.
-    Off limits: the steps of the background (page edges, shadow edges), where the estimate is unsure,
-    and what is not paper (see paper_region).
+    At the steps of the background (a shadow's edge, the page's edge) the small copy blurs the step, and
+    the dark side would read as ink: there the paper is estimated again at full size, where a closing
+    keeps the step sharp, so a digit across a shadow's edge stays whole. What is not paper is off limits
+    (see paper_region).
     """
     h, w = grey.shape
     f = min(1.0, BACKGROUND_SIDE / max(h, w))
@@ -141,15 +143,21 @@ def background(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     paper = cv2.medianBlur(paper, 5)
     step = cv2.morphologyEx(paper, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(np.float32)
-    allowed = (step <= 0.2 * np.maximum(paper, 1)) & paper_region(small, paper)
-    allowed = cv2.erode(allowed.astype(np.uint8), np.ones((3, 3), np.uint8))
+    at_step = cv2.dilate((step > 0.2 * np.maximum(paper, 1)).astype(np.uint8), np.ones((3, 3), np.uint8))
+    allowed = paper_region(small, paper, k).astype(np.uint8)
     full = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    at_step = cv2.resize(at_step, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if at_step.any():
+        side = round(k / f) | 1
+        sharp = cv2.morphologyEx(grey, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+        full[at_step] = sharp[at_step]
     return full, cv2.resize(allowed, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def paper_region(small: np.ndarray, paper: np.ndarray, busy: float = 0.06) -> np.ndarray:
+def paper_region(small: np.ndarray, paper: np.ndarray, cell: int) -> np.ndarray:
     """bool [h, w]: the paper, on the small copy. Brightness splits the page into regions (Otsu); a region on
-    the border whose surface is busy with ink-like marks is no paper but what it lies on (a table, a carpet).
+    the border that is textured all over (in squares of `cell` pixels) is no paper but what it lies on (a
+    table, a carpet).
 
     Smooth regions stay, bright or dark: a white PDF margin holds no ink anyway, and a hand's shadow on
     the paper may hold digits. The region under the photo's centre stays too: a photo is taken of the page,
@@ -162,14 +170,31 @@ def paper_region(small: np.ndarray, paper: np.ndarray, busy: float = 0.06) -> np
     inkish = (1 - (small.astype(np.float32) + 1) / (paper.astype(np.float32) + 1)) > 0.12
     keep = np.ones(paper.shape, bool)
     for side in (bright, ~bright):
-        n, labels = cv2.connectedComponents(side.astype(np.uint8), connectivity=4)  # 0: the other side
-        density = np.bincount(labels[inkish], minlength=n) / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
+        _, labels = cv2.connectedComponents(side.astype(np.uint8), connectivity=4)  # 0: the other side
         on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
         centre = labels[labels.shape[0] // 2, labels.shape[1] // 2]
-        busy_regions = [label for label in on_border if label not in (0, centre) and density[label] > busy]
-        if busy_regions:
-            keep &= ~np.isin(labels, busy_regions)
+        for label in on_border:
+            if label not in (0, centre) and textured(inkish, labels == label, cell):
+                keep &= labels != label
     return keep
+
+
+def textured(inkish: np.ndarray, region: np.ndarray, cell: int, busy: float = 0.06, everywhere: float = 0.6) -> bool:
+    """Whether ink-like marks cover `region` (bool [h, w]) all over: in most of its `cell`-sized squares, more
+    than `busy` of the pixels. A table's grain is everywhere; a shadowed corner of the page that holds a string
+    of digits is as dense in ink, but only along the string.
+    """
+    area, ink = cell_sums(region, cell), cell_sums(inkish & region, cell)
+    cells = area >= cell * cell / 4
+    if not cells.any():  # a sliver along the border: judged as a whole
+        return bool(inkish[region].mean() > busy)
+    return bool((ink[cells] > busy * area[cells]).mean() > everywhere)
+
+
+def cell_sums(mask: np.ndarray, cell: int) -> np.ndarray:
+    """int [h // cell, w // cell]: the true pixels of `mask` in each whole `cell` x `cell` square."""
+    h, w = (mask.shape[0] // cell) * cell, (mask.shape[1] // cell) * cell
+    return mask[:h, :w].reshape(h // cell, cell, w // cell, cell).sum(axis=(1, 3))
 
 
 def ink_map(rgb: np.ndarray) -> np.ndarray:

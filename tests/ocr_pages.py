@@ -38,7 +38,8 @@ def write_string(alpha: np.ndarray, images, labels, start: int, rng, x: int, y: 
 
 def make_page(images, labels, rng: np.random.Generator, lines: int = 4, columns: int = 1,
               size: tuple[int, int] = (900, 1200), paper=(250, 250, 245), ink=(20, 20, 30),
-              shadow: bool = False, hard_shadow: bool = False, noise: float = 0.0, skew_deg: float = 0.0,
+              shadow: bool = False, hard_shadow: bool = False, corner_shadow: bool = False, noise: float = 0.0,
+              skew_deg: float = 0.0,
               specks: int = 0, dashes: int = 0, ruled: bool = False, slope: float = 0.0, curve: float = 0.0,
               spacing: tuple[float, float] = (0.15, 0.4), jpeg: int = 0, paper_rules: str = "",
               ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
@@ -83,6 +84,10 @@ def make_page(images, labels, rng: np.random.Generator, lines: int = 4, columns:
         shade = np.ones((height, width), np.float32)
         cv2.ellipse(shade, (width // 2, height), (width // 2, height // 5), 0, 180, 360, 0.45, -1)
         page *= cv2.GaussianBlur(shade, (0, 0), 3)[..., None]
+    if corner_shadow:  # a hand's shadow over the top left corner, over the start of the strings there
+        shade = np.ones((height, width), np.float32)
+        cv2.fillPoly(shade, [np.array([[0, 0], [width // 2, 0], [0, int(height * 0.7)]], np.int32)], 0.5)
+        page *= cv2.GaussianBlur(shade, (0, 0), 4)[..., None]
     if noise:
         page += rng.normal(0, noise, page.shape).astype(np.float32)
     if skew_deg:

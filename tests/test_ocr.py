@@ -44,6 +44,7 @@ PAGES = {
     "slanted strings": dict(slope=0.12, lines=3),
     "curved strings": dict(curve=0.015, lines=3),
     "skewed scan": dict(skew_deg=2.5, noise=3),
+    "a hand's shadow over a corner, digits in it": dict(paper=(190, 188, 180), corner_shadow=True, noise=4, jpeg=75),
 }
 
 
@@ -147,6 +148,22 @@ def test_a_sheet_on_a_wooden_table(unseen, classify):
     rgb, texts = page_of("clean", unseen, seed=60)
     _, got = read_texts(on_table(rgb, np.random.default_rng(60)), classify)
     assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
+
+
+def test_a_table_is_textured_all_over_and_a_shadowed_corner_with_digits_is_not():
+    """The region a shadow cuts off a page can be as dense in ink as a table (a string of digits in a small
+    corner), but only along the string: it stays paper; the table, grainy everywhere, does not."""
+    rng = np.random.default_rng(0)
+    region = np.zeros((300, 400), bool)
+    region[80:220, :150] = True
+    grain = rng.random((300, 400)) < 0.3
+    string = np.zeros((300, 400), bool)
+    for x in range(10, 140, 25):  # a row of digit-sized marks across the corner
+        string[130:160, x : x + 18] = rng.random((30, 18)) < 0.6
+    assert string[region].mean() > 0.06  # as dense as the old rule called a table
+    assert page.textured(grain, region, cell=16)
+    assert not page.textured(string, region, cell=16)
+    assert page.textured(grain, np.pad(np.ones((300, 4), bool), ((0, 0), (0, 396))), cell=16)  # a sliver
 
 
 @pytest.mark.parametrize("rules", ["notebook", "squared"])
