@@ -32,6 +32,8 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     # Momentum of an exponential moving average of the weights (Polyak averaging), 0 = off. With it on, each
     # epoch is validated and checkpointed with the averaged weights: a free ensemble member along the way.
     "ema": 0.0,
+    # Share of each label's probability spread over the other classes (Szegedy et al. 2016), 0 = off.
+    "label_smoothing": 0.0,
 }
 
 CHOICES = {
@@ -50,6 +52,7 @@ RANGES = {  # key: (type, low, high)
     "batch_size": (int, 1, 4096),
     "aug_strength": (float, 0.0, 3.0),
     "ema": (float, 0.0, 0.9999),
+    "label_smoothing": (float, 0.0, 0.5),
 }
 
 
@@ -171,5 +174,19 @@ def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_ep
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema),
         "rmsprop": lambda: keras.optimizers.RMSprop(lr, **ema),
     }[hparams["optimizer"]]()
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss(hparams["label_smoothing"]), metrics=["accuracy"])
     return model
+
+
+def loss(smoothing: float):
+    """Cross-entropy on integer labels, smoothed by `smoothing` (Keras's sparse loss has no smoothing)."""
+    import keras
+
+    if smoothing == 0:
+        return "sparse_categorical_crossentropy"
+    smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+
+    def smoothed_sparse(labels, probs):
+        return smoothed(keras.ops.one_hot(keras.ops.reshape(keras.ops.cast(labels, "int32"), (-1,)), 10), probs)
+
+    return smoothed_sparse

@@ -59,3 +59,26 @@ def test_load_hparams_reads_json_and_reports_bad_files(tmp_path):
         model.load_hparams(broken)
     with pytest.raises(DigitsError, match="no such hyperparameter file"):
         model.load_hparams(tmp_path / "missing.json")
+
+
+def test_label_smoothing_spreads_each_label_over_the_other_classes():
+    labels = np.array([3, 7])
+    probs = np.full((2, 10), 1e-4, np.float32)
+    probs[[0, 1], labels] = 1 - 9e-4  # sure and right
+    target = np.full((2, 10), 0.1 / 10, np.float32)
+    target[[0, 1], labels] += 0.9
+    want = float(np.mean(-(target * np.log(probs)).sum(axis=1)))
+    assert float(model.loss(0.1)(labels, probs)) == pytest.approx(want, rel=1e-3)  # about 0.83
+    assert model.loss(0.0) == "sparse_categorical_crossentropy"  # off: Keras's own loss, as before
+
+
+def test_a_model_trained_with_label_smoothing_is_saved_and_loaded_for_predicting(tmp_path):
+    from src import ensemble
+
+    hparams = model.validate_hparams({"filters": [8], "dense": 16, "label_smoothing": 0.1})
+    net = model.compile_model(model.build_model(hparams), hparams, total_steps=2, steps_per_epoch=1)
+    images, labels = np.zeros((8, 28, 28, 1), np.uint8), np.arange(8) % 10
+    net.fit(images, labels, epochs=1, verbose=0)
+    net.save(tmp_path / "model.keras")
+    loaded = ensemble.load_model(tmp_path)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), net.predict(images, verbose=0), atol=1e-6)
