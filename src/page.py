@@ -27,6 +27,8 @@ PDF_DPI = 150
 RULE_LENGTH = 0.2
 RULE_THINNESS = 60
 RULES_SIDE = 700  # rules are looked for on a copy this size
+RULE_DARKER = 0.15  # ink this much darker than a page's rules is pen on a rule, and stays
+ALONG = 40  # a bent rule is followed in the direction of its last this many columns
 Segment = tuple[int, int, int, int]  # x1, y1, x2, y2
 
 
@@ -214,18 +216,27 @@ def without_rules(ink: np.ndarray) -> np.ndarray:
     """float32 [H, W]: the ink with its rules taken out, horizontal ones first, then vertical ones.
 
     Only the part of a rule's cross-section that is as thick as the rule goes: where a digit's stroke
-    crosses it, the ink is thicker there along the cross-section, and stays whole.
+    crosses it, the ink is thicker there along the cross-section, and stays whole. Straight rules are found
+    first; what is left of rules bowed by a bent page is then followed as curves (see bent_rule_pixels).
     """
     scaled = (ink * 255).astype(np.uint8)
     faint = scaled > 0.5 * ink_threshold(scaled)  # all of a rule, its faint stretches too
     out = ink.copy()
     horizontal, vertical = rule_segments(faint)
-    if horizontal:
-        rule = rule_pixels(faint, horizontal)
-        out[rule] = 0
-        faint &= ~rule  # a grid's crossings are then free for the vertical rules
-    if vertical:  # transposed views: a vertical rule is a horizontal one
-        out.T[rule_pixels(faint.T, [(y1, x1, y2, x2) for x1, y1, x2, y2 in vertical])] = 0
+    straight = {}
+    # transposed views: a vertical rule is a horizontal one; a grid's crossings are free for the vertical
+    # rules once the horizontal ones are gone
+    for axis, (out_view, faint_view, segments) in enumerate(
+        ((out, faint, horizontal), (out.T, faint.T, [(y1, x1, y2, x2) for x1, y1, x2, y2 in vertical]))
+    ):
+        rule, straight[axis] = rule_pixels(faint_view, out_view, segments) if segments else (None, [])
+        if rule is not None:
+            out_view[rule] = 0
+            faint_view[rule] = False
+    for axis, (out_view, faint_view) in enumerate(((out, faint), (out.T, faint.T))):
+        rule = bent_rule_pixels(faint_view, out_view, RULE_LENGTH * max(faint.shape), straight[axis])
+        out_view[rule] = 0
+        faint_view[rule] = False
     return out
 
 
@@ -245,13 +256,14 @@ def rule_segments(mask: np.ndarray) -> tuple[list[Segment], list[Segment]]:
     return horizontal, vertical
 
 
-def rule_pixels(mask: np.ndarray, segments: list[Segment]) -> np.ndarray:
-    """bool [H, W]: the pixels of the (near-horizontal) rules `segments` that no digit's stroke crosses.
+def rule_pixels(mask: np.ndarray, ink: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, list[Segment]]:
+    """(bool [H, W]: the pixels of the (near-horizontal) rules `segments` that no digit's stroke crosses, the
+    segments taken for rules, moved onto their line).
 
     A segment's thickness is the median height of the vertical runs of mask pixels on it: one much
     thicker for its length is a stroke, not a rule, and the rules of a page are printed alike, so the
     median rule says how thick a run of a rule may be. The runs a rule passes through that are no
-    thicker go; a run where a stroke crosses is taller, and stays.
+    thicker go; a run where a stroke crosses is taller, and stays (see runs_under for strokes along a rule).
     """
     starts, columns, heights = vertical_runs(mask)
     run_at = run_ids(mask.shape, starts, columns, heights)
@@ -259,17 +271,104 @@ def rule_pixels(mask: np.ndarray, segments: list[Segment]) -> np.ndarray:
     fitted = [on_its_rule(height_at, segment) for segment in segments]
     rules = [(segment, t) for segment, t in fitted if t and length(segment) >= RULE_THINNESS * t]
     if not rules:
-        return np.zeros(mask.shape, bool)
+        return np.zeros(mask.shape, bool), []
     max_run = int(np.median([t for _, t in rules])) + 2  # the most a rule's cross-section may measure
     seeds = np.zeros(mask.shape, np.uint8)
     for (x1, y1, x2, y2), t in rules:
         if t <= max_run:
             cv2.line(seeds, (x1, y1), (x2, y2), 1, 3)  # 3: +-1 px where the angle is a little off
+    return runs_under(seeds, run_at, heights, max_run, ink), [segment for segment, t in rules if t <= max_run]
+
+
+def runs_under(seeds: np.ndarray, run_at: np.ndarray, heights: np.ndarray, max_run: int, ink: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels of the runs (see run_ids) that `seeds` (uint8 [H, W]) passes through and that are
+    at most `max_run` tall: a rule's. Pixels of them darker than the page's rules (`ink`, float [H, W]) stay: a thin
+    1 written along a rule, in pen, is darker than the printed rule."""
     hit = np.zeros(len(heights) + 1, bool)
     hit[run_at[seeds > 0]] = True
     hit[1:] &= heights <= max_run
     hit[0] = False  # off every run
-    return hit[run_at]
+    rule = hit[run_at]
+    return rule & (ink <= np.median(ink[rule]) + RULE_DARKER) if rule.any() else rule
+
+
+def bent_rule_pixels(mask: np.ndarray, ink: np.ndarray, min_length: float, straight: list[Segment]) -> np.ndarray:
+    """bool [H, W]: the pixels of near-horizontal rules that are not straight (a page photographed bent bows
+    them) and that no digit's stroke crosses; `straight`: the rules rule_pixels took out (their pixels are off
+    `mask`).
+
+    A rule is a line of thin vertical runs of pixels (a stroke that crosses it is taller). Two kinds of seed
+    are followed along the thin runs, across short gaps: a line of them at least `min_length` wide (a rule
+    Hough's straight lines missed), and each straight rule past its ends (where a bowed rule bends away).
+    The runs a seed passes through that are thin go, as in rule_pixels (`ink`: float [H, W], see runs_under).
+    """
+    widths = cv2.connectedComponentsWithStats(mask.astype(np.uint8))[2][1:, cv2.CC_STAT_WIDTH]
+    if not straight and not (widths >= min_length).any():
+        return np.zeros(mask.shape, bool)  # no rule was found, and nothing is long enough to be one
+    starts, columns, heights = vertical_runs(mask)
+    run_at = run_ids(mask.shape, starts, columns, heights)
+    max_run = max(4, max(mask.shape) // 300)  # the thickest rule followed: 4 px on a 1200-px page
+    thin = (run_at > 0) & (np.concatenate([[0], heights])[run_at] <= max_run)
+    if not thin.any():
+        return thin
+    thin &= ink <= np.median(ink[thin]) + RULE_DARKER  # most thin ink is rules; darker is pen along them
+    gap = max(3, int(min_length / 8))
+    paths = [follow(thin, path, step, gap) for path in long_thin_lines(thin, min_length) for step in (1, -1)]
+    paths += [follow(thin, path, step, gap) for path, step in straight_ends(straight, mask.shape[1])]
+    seeds = np.zeros(mask.shape, np.uint8)
+    cv2.polylines(seeds, [p for p in paths if len(p) > 1], False, 1, 3)
+    return runs_under(seeds, run_at, heights, max_run, ink)
+
+
+def long_thin_lines(thin: np.ndarray, min_length: float) -> list[dict[int, float]]:
+    """column -> row of each line of `thin` pixels at least `min_length` wide with about one run per column
+    (dashes 8 px apart count as one line: a faint rule breaks up)."""
+    bridged = cv2.morphologyEx(thin.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((1, 9), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=8)
+    lines = []
+    for label in np.nonzero(stats[1:, cv2.CC_STAT_WIDTH] >= min_length)[0] + 1:
+        ys, xs = np.nonzero((labels == label) & thin)
+        counts = np.bincount(xs)
+        columns = np.nonzero(counts)[0]
+        if len(ys) <= 2 * len(columns) * np.median(counts[columns]):  # else a blob, not a line
+            lines.append(dict(zip(columns.tolist(), (np.bincount(xs, weights=ys)[columns] / counts[columns]).tolist())))
+    return lines
+
+
+def straight_ends(segments: list[Segment], width: int, known: int = ALONG) -> list[tuple[dict[int, float], int]]:
+    """(column -> row of the last `known` columns of a straight rule, the direction past that end) for both ends
+    of each segment."""
+    ends = []
+    for x1, y1, x2, y2 in segments:
+        (x1, y1), (x2, y2) = sorted([(x1, y1), (x2, y2)])
+        slope = (y2 - y1) / max(1, x2 - x1)
+        for step, xs in ((1, range(max(x1, x2 - known), x2 + 1)), (-1, range(x1, min(x2, x1 + known) + 1))):
+            ends.append(({x: y1 + slope * (x - x1) for x in xs if 0 <= x < width}, step))
+    return ends
+
+
+def follow(thin: np.ndarray, path: dict[int, float], step: int, gap: int) -> np.ndarray:
+    """int32 [K, 2]: (x, y) of `path` (column -> row of a rule) extended column by column in direction `step`
+    while thin pixels lie within 2 rows of the line through its last ALONG columns, across at most `gap` columns
+    without any. A slow bend is followed: each pixel found pulls the line a tenth of the way to it."""
+    h, w = thin.shape
+    if not path:
+        return np.zeros((0, 2), np.int32)
+    known = sorted(path)[-ALONG:] if step > 0 else sorted(path)[:ALONG]
+    slope, offset = np.polyfit(known, [path[x] for x in known], 1) if len(known) > 1 else (0.0, path[known[0]])
+    x, missed = (known[-1] if step > 0 else known[0]) + step, 0
+    while 0 <= x < w and missed <= gap:
+        y = slope * x + offset
+        top = min(max(0, int(round(y)) - 2), h)
+        rows = np.nonzero(thin[top : top + 5, x])[0]
+        if len(rows):
+            path[x] = top + float(rows.mean())
+            offset += 0.1 * (path[x] - y)
+            missed = 0
+        else:
+            missed += 1
+        x += step
+    return np.array([(x, round(path[x])) for x in sorted(path)], np.int32)
 
 
 def length(segment: Segment) -> float:

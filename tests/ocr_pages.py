@@ -129,3 +129,15 @@ def on_table(page: np.ndarray, rng: np.random.Generator, margin: int = 100) -> n
     table = np.clip(np.array([95, 70, 45], np.float32) + grain[..., None], 0, 255).astype(np.uint8)
     table[margin : margin + h, margin : margin + w] = page
     return table
+
+
+def bowed(page: np.ndarray, amplitude: float, axis: str = "y") -> np.ndarray:
+    """The page photographed bent, like an open book's: rows (axis "y") or columns ("x") shifted by up to
+    `amplitude` pixels in the middle, so its rules curve."""
+    h, w = page.shape[:2]
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    if axis == "x":
+        return cv2.remap(page, xs - amplitude * np.sin(np.pi * ys / h), ys, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    return cv2.remap(page, xs, ys - amplitude * np.sin(np.pi * xs / w), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ocr_pages import make_page, on_margin, on_table
+from ocr_pages import bowed, make_page, on_margin, on_table
 from PIL import Image
 
 from src import data, export, layout, ocr, page, reader, recognize
@@ -188,6 +188,16 @@ def test_ruled_paper_photographed_askew_is_still_paper(rules, skew, seed, unseen
     assert errors(got, texts) <= 1 and len(got) == len(texts), (texts, got)
 
 
+@pytest.mark.parametrize("axis, amplitude, seed", [("y", 70, 408), ("x", 40, 404)])
+def test_squared_paper_photographed_bent_loses_its_curved_rules(axis, amplitude, seed, unseen, classify):
+    """A page bowed like an open book's curves its rules: Hough's straight lines take out their middles, and what
+    was left (the curved ends, whole rules) was read as hundreds of 1s, the page often turned sideways."""
+    rgb, texts = page_of("clean", unseen, seed=seed, paper=(235, 232, 225), noise=3, jpeg=80, paper_rules="squared")
+    rotation, got = read_texts(bowed(rgb, amplitude, axis), classify)
+    lines = [text for text in got if text]  # a line of marks none of which reads as a digit is no text
+    assert rotation == 0 and errors(got, texts) <= 1 and len(lines) == len(texts), (texts, got)
+
+
 def test_a_rule_found_beside_its_line_is_moved_onto_it():
     mask = np.zeros((200, 600), bool)
     mask[101:104, :] = True  # a rule 3 px thick; the small copy put it 2 px higher
@@ -229,6 +239,18 @@ def test_a_rule_goes_but_a_stroke_that_crosses_it_and_a_tall_one_stay():
     blank = np.zeros((400, 600), np.float32)
     blank[100:140, 200:230] = 0.8
     assert (page.without_rules(blank) == blank).all()  # no rule, nothing taken
+
+
+def test_a_thin_pen_stroke_along_a_rule_stays():
+    """A 1 written on a squared page's vertical rule, with a pen as thin as the rule: its runs are as thin as the
+    rule's, but it is darker (pen over a printed rule) and stays."""
+    ink = np.zeros((400, 600), np.float32)
+    ink[:, 300:302] = 0.4  # a faint vertical rule
+    ink[:, 100:102] = 0.4  # and another, for the page's rules to be known
+    ink[150:210, 300:302] = 0.9  # a thin 1 drawn along it
+    out = page.without_rules(ink)
+    assert out[:140, 295:308].max() == 0 and out[220:, 295:308].max() == 0  # the rule is gone ...
+    assert (out[150:210, 300:302] == 0.9).all()  # ... the 1 on it stays
 
 
 @pytest.mark.parametrize("turn", [1, 2, 3])
