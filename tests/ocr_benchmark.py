@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # run as a script from anywhere: the kit and the page builder
 
-from ocr_pages import make_page, on_margin, on_table  # noqa: E402
+from ocr_pages import bowed, make_page, on_margin, on_table  # noqa: E402
 from test_ocr import PAGES  # noqa: E402
 
 from src import data, ocr, reader, recognize  # noqa: E402
@@ -40,6 +40,9 @@ KINDS = {
     "ruled paper photographed askew (6 degrees)": dict(
         paper_rules="notebook", paper=(235, 232, 225), noise=3, jpeg=80, skew_deg=6.0
     ),
+    "squared paper photographed bent (bowed 50 px)": dict(
+        paper_rules="squared", paper=(235, 232, 225), noise=3, jpeg=80
+    ),
 }
 
 
@@ -52,6 +55,8 @@ def page(kind: str, seed: int, images: np.ndarray, labels: np.ndarray) -> tuple[
         rgb = on_margin(rgb)
     elif kind.startswith("a sheet on"):
         rgb = on_table(rgb, rng)
+    elif kind.startswith("squared paper photographed bent"):
+        rgb = bowed(rgb, 50)
     return rgb, texts
 
 
