@@ -312,7 +312,7 @@ def bent_rule_pixels(mask: np.ndarray, ink: np.ndarray, min_length: float, strai
     if not thin.any():
         return thin
     thin &= ink <= np.median(ink[thin]) + RULE_DARKER  # most thin ink is rules; darker is pen along them
-    gap = max(3, int(min_length / 8))
+    gap = max(3, int(min_length / 3))  # about a digit: a rule may run along a stroke through a digit
     paths = [follow(thin, path, step, gap) for path in long_thin_lines(thin, min_length) for step in (1, -1)]
     paths += [follow(thin, path, step, gap) for path, step in straight_ends(straight, mask.shape[1])]
     seeds = np.zeros(mask.shape, np.uint8)
