@@ -135,8 +135,9 @@ def background(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Estimated on a small copy: a closing wider than a stroke removes the ink, a median smooths the grain.
     At the steps of the background (a shadow's edge, the page's edge) the small copy blurs the step, and
     the dark side would read as ink: there the paper is estimated again at full size, where a closing
-    keeps the step sharp, so a digit across a shadow's edge stays whole. What is not paper is off limits
-    (see paper_region).
+    keeps the step sharp, so a digit across a shadow's edge stays whole; the darker of the two estimates
+    counts, since near a corner where three regions meet (a dark corner of a photo on a white margin) the
+    closing brightens the dark one too. What is not paper is off limits (see paper_region).
     """
     h, w = grey.shape
     f = min(1.0, BACKGROUND_SIDE / max(h, w))
@@ -152,7 +153,7 @@ def background(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if at_step.any():
         side = round(k / f) | 1
         sharp = cv2.morphologyEx(grey, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
-        full[at_step] = sharp[at_step]
+        full[at_step] = np.minimum(full[at_step], sharp[at_step])
     return full, cv2.resize(allowed, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 

@@ -337,7 +337,9 @@ def test_real_photos_turned_and_as_png_bmp_and_pdf_with_a_margin(classify, tmp_p
     (tmp_path / "truth.json").write_text(json.dumps({"lines": lines}))
     result = ocr.evaluate(tmp_path, classify)
     assert result["digits"] == 10 * len(lines)
-    assert result["accuracy"] >= 0.95, [r for r in result["files"] if r["accuracy"] < 1]
+    # 350/360: phone_4's open-top 4 in every file. 348 when the paper at a step was estimated at full size
+    # alone: where a dark corner of the photo meets the white margin, the margin brightened it into a stray 1.
+    assert result["accuracy"] >= 0.97, [r for r in result["files"] if r["accuracy"] < 1]
 
 
 def test_cli_pdf_in_json_annotated_and_searchable_pdf_out(unseen, tmp_path, capsys):
