@@ -224,20 +224,18 @@ def without_rules(ink: np.ndarray) -> np.ndarray:
     faint = scaled > 0.5 * ink_threshold(scaled)  # all of a rule, its faint stretches too
     out = ink.copy()
     horizontal, vertical = rule_segments(faint)
-    straight = {}
     # transposed views: a vertical rule is a horizontal one; a grid's crossings are free for the vertical
     # rules once the horizontal ones are gone
-    for axis, (out_view, faint_view, segments) in enumerate(
-        ((out, faint, horizontal), (out.T, faint.T, [(y1, x1, y2, x2) for x1, y1, x2, y2 in vertical]))
-    ):
-        rule, straight[axis] = rule_pixels(faint_view, out_view, segments) if segments else (None, [])
-        if rule is not None:
-            out_view[rule] = 0
-            faint_view[rule] = False
-    for axis, (out_view, faint_view) in enumerate(((out, faint), (out.T, faint.T))):
-        rule = bent_rule_pixels(faint_view, out_view, RULE_LENGTH * max(faint.shape), straight[axis])
-        out_view[rule] = 0
-        faint_view[rule] = False
+    views = ((out, faint), (out.T, faint.T))
+    transposed = [(y1, x1, y2, x2) for x1, y1, x2, y2 in vertical]
+    straight = []
+    for (out_view, faint_view), segments in zip(views, (horizontal, transposed)):
+        rule, taken = rule_pixels(faint_view, out_view, segments)
+        out_view[rule], faint_view[rule] = 0, False
+        straight.append(taken)
+    for (out_view, faint_view), taken in zip(views, straight):
+        rule = bent_rule_pixels(faint_view, out_view, RULE_LENGTH * max(faint.shape), taken)
+        out_view[rule], faint_view[rule] = 0, False
     return out
 
 
@@ -266,9 +264,9 @@ def rule_pixels(mask: np.ndarray, ink: np.ndarray, segments: list[Segment]) -> t
     median rule says how thick a run of a rule may be. The runs a rule passes through that are no
     thicker go; a run where a stroke crosses is taller, and stays (see runs_under for strokes along a rule).
     """
-    starts, columns, heights = vertical_runs(mask)
-    run_at = run_ids(mask.shape, starts, columns, heights)
-    height_at = np.concatenate([[0], heights])[run_at]
+    if not segments:
+        return np.zeros(mask.shape, bool), []
+    run_at, heights, height_at = run_map(mask)
     fitted = [on_its_rule(height_at, segment) for segment in segments]
     rules = [(segment, t) for segment, t in fitted if t and length(segment) >= RULE_THINNESS * t]
     if not rules:
@@ -303,13 +301,11 @@ def bent_rule_pixels(mask: np.ndarray, ink: np.ndarray, min_length: float, strai
     Hough's straight lines missed), and each straight rule past its ends (where a bowed rule bends away).
     The runs a seed passes through that are thin go, as in rule_pixels (`ink`: float [H, W], see runs_under).
     """
-    widths = cv2.connectedComponentsWithStats(mask.astype(np.uint8))[2][1:, cv2.CC_STAT_WIDTH]
-    if not straight and not (widths >= min_length).any():
+    if not straight and not has_long_mark(mask, min_length):
         return np.zeros(mask.shape, bool)  # no rule was found, and nothing is long enough to be one
-    starts, columns, heights = vertical_runs(mask)
-    run_at = run_ids(mask.shape, starts, columns, heights)
+    run_at, heights, height_at = run_map(mask)
     max_run = max(4, max(mask.shape) // 300)  # the thickest rule followed: 4 px on a 1200-px page
-    thin = (run_at > 0) & (np.concatenate([[0], heights])[run_at] <= max_run)
+    thin = (height_at > 0) & (height_at <= max_run)
     if not thin.any():
         return thin
     thin &= ink <= np.median(ink[thin]) + RULE_DARKER  # most thin ink is rules; darker is pen along them
@@ -319,6 +315,12 @@ def bent_rule_pixels(mask: np.ndarray, ink: np.ndarray, min_length: float, strai
     seeds = np.zeros(mask.shape, np.uint8)
     cv2.polylines(seeds, [p for p in paths if len(p) > 1], False, 1, 3)
     return runs_under(seeds, run_at, heights, max_run, ink)
+
+
+def has_long_mark(mask: np.ndarray, min_length: float) -> bool:
+    """Whether a connected mark of `mask` is at least `min_length` wide."""
+    widths = cv2.connectedComponentsWithStats(mask.astype(np.uint8))[2][1:, cv2.CC_STAT_WIDTH]
+    return bool((widths >= min_length).any())
 
 
 def long_thin_lines(thin: np.ndarray, min_length: float) -> list[dict[int, float]]:
@@ -395,6 +397,14 @@ def on_its_rule(height_at: np.ndarray, segment: Segment) -> tuple[Segment, int]:
         return segment, 0
     dy = int(np.median(nearest_first[first[on]]))
     return (x1, y1 + dy, x2, y2 + dy), int(np.median(heights[on]))
+
+
+def run_map(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vertical runs of `mask`: (run_at int32 [H, W], see run_ids; heights int [R]; height_at int [H, W], the
+    height of the run each pixel is in, 0 off every run)."""
+    starts, columns, heights = vertical_runs(mask)
+    run_at = run_ids(mask.shape, starts, columns, heights)
+    return run_at, heights, np.concatenate([[0], heights])[run_at]
 
 
 def vertical_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -201,8 +201,7 @@ def test_squared_paper_photographed_bent_loses_its_curved_rules(axis, amplitude,
 def test_a_rule_found_beside_its_line_is_moved_onto_it():
     mask = np.zeros((200, 600), bool)
     mask[101:104, :] = True  # a rule 3 px thick; the small copy put it 2 px higher
-    starts, columns, heights = page.vertical_runs(mask)
-    height_at = np.concatenate([[0], heights])[page.run_ids(mask.shape, starts, columns, heights)]
+    _, _, height_at = page.run_map(mask)
     (x1, y1, x2, y2), thickness = page.on_its_rule(height_at, (0, 99, 599, 99))
     assert 101 <= y1 == y2 <= 103 and thickness == 3
     assert page.on_its_rule(height_at, (0, 60, 599, 60)) == ((0, 60, 599, 60), 0)  # nothing near: no rule
