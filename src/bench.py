@@ -1,12 +1,12 @@
 """Throughput benchmark (not a test): plain model.fit vs the kit's augmented pipeline, and what it means for a run.
 
-    python -m src.bench [--data-dir D] [--images N] [--json]
+    python -m src.bench [--data-dir D] [--images N] [--precision P] [--json]
 
 Same model, same batch size, same optimizer; each fit runs two epochs over N images and the second
 epoch is timed (the first pays for tracing). Also times augmentation alone (one thread) and, from
 the measured rates of each preset's own model, projects each preset's wall time on this machine.
 With --json the last line holds every figure: plain_fit_images_per_s, kit_train_images_per_s,
-predict_images_per_s, augment_images_per_s_per_thread, gpu_20k_cores, projected_minutes, cpu.
+predict_images_per_s, augment_images_per_s_per_thread, gpu_20k_cores, projected_minutes, cpu, precision.
 """
 
 from __future__ import annotations
@@ -48,41 +48,43 @@ def cpu_model() -> str:
     return precision.cpuinfo("model name") or platform.processor() or "unknown"
 
 
-def fresh_model(hparams: dict, steps: int):
+def fresh_model(hparams: dict, steps: int, computes_in: str):
     import keras
 
     keras.utils.set_random_seed(0)
-    return model.compile_model(model.build_model(hparams), hparams, 2 * steps, steps)
+    return model.compile_model(model.build_model(hparams, computes_in), hparams, 2 * steps, steps, computes_in)
 
 
 def fit_seconds(
-    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int
+    images: np.ndarray, labels: np.ndarray, hparams: dict, repeats: int, workers: int, computes_in: str
 ) -> tuple[float, float]:
     """(plain model.fit, kit pipeline) seconds for one epoch over images uint8 [N, 28, 28], best of `repeats`."""
     plain, kit = float("inf"), float("inf")
     for _ in range(repeats):  # alternate, so that neither side gains from running second
-        plain = min(plain, plain_seconds(images, labels, hparams))
-        kit = min(kit, kit_seconds(images, labels, hparams, workers, AugmentConfig()))
+        plain = min(plain, plain_seconds(images, labels, hparams, computes_in))
+        kit = min(kit, kit_seconds(images, labels, hparams, workers, AugmentConfig(), computes_in))
     return plain, kit
 
 
-def plain_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict) -> float:
+def plain_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict, computes_in: str) -> float:
     """Seconds of model.fit's second epoch on in-memory arrays."""
     batch = hparams["batch_size"]
     arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
-    return second_epoch_seconds(fresh_model(hparams, augment.steps_per_epoch(len(images), batch)), arrays)
+    return second_epoch_seconds(fresh_model(hparams, augment.steps_per_epoch(len(images), batch), computes_in), arrays)
 
 
-def kit_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict, workers: int, config: AugmentConfig) -> float:
+def kit_seconds(
+    images: np.ndarray, labels: np.ndarray, hparams: dict, workers: int, config: AugmentConfig, computes_in: str
+) -> float:
     """Seconds of the second epoch through the kit's augmented tf.data pipeline."""
     batch = hparams["batch_size"]
     steps = augment.steps_per_epoch(len(images), batch)
     batches = augment.training_batches(images, labels, batch, 2, config, hparams["aug_strength"], 0, workers)
-    return second_epoch_seconds(fresh_model(hparams, steps), {"x": batches, "steps_per_epoch": steps})
+    return second_epoch_seconds(fresh_model(hparams, steps, computes_in), {"x": batches, "steps_per_epoch": steps})
 
 
-def predict_seconds(hparams: dict, test: np.ndarray) -> float:
-    net = fresh_model(hparams, 1)
+def predict_seconds(hparams: dict, test: np.ndarray, computes_in: str) -> float:
+    net = fresh_model(hparams, 1, computes_in)
     net.predict(test[:512, ..., None], batch_size=512, verbose=0)  # the first call pays for tracing
     start = time.perf_counter()
     net.predict(test[..., None], batch_size=512, verbose=0)
@@ -119,14 +121,17 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     ]
 
 
-def projected_minutes(images: np.ndarray, labels: np.ndarray, test: np.ndarray, n_train: int) -> dict[str, float]:
+def projected_minutes(
+    images: np.ndarray, labels: np.ndarray, test: np.ndarray, n_train: int, computes_in: str
+) -> dict[str, float]:
     """Each preset's wall time on this machine, from the measured rates of each of the preset's own models."""
     minutes = {}
     for name, preset in PRESETS.items():
         seconds = 0.0
         for hparams, trained, predicted in preset_images(preset, n_train, len(test)):
-            kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment)
-            seconds += trained * kit / len(images) + predicted * predict_seconds(hparams, test) / len(test)
+            kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment, computes_in)
+            predict = predict_seconds(hparams, test, computes_in)
+            seconds += trained * kit / len(images) + predicted * predict / len(test)
         minutes[name] = round(seconds / 60, 1)
     return minutes
 
@@ -138,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="augmentation threads of the kit's pipeline")
     parser.add_argument("--hparams", help="hyperparameter JSON of the model to time (default: the default model)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate plain and kit this many times; best counts")
+    parser.add_argument("--precision", choices=precision.CHOICES, default="auto",
+                        help="float type both sides compute in, as in src.submit (default auto)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -146,19 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     n = min(args.images, len(dataset.train_images))
     images, labels = dataset.train_images[:n], dataset.train_labels[:n].astype(np.int32)
     hparams = model.load_hparams(args.hparams) if args.hparams else model.validate_hparams({})
-    print(f"benchmark on {folder}: {n} images/epoch, batch {hparams['batch_size']}, {args.hparams or 'default model'}",
-          flush=True)  # fmt: skip
-    plain, kit = fit_seconds(images, labels, hparams, args.repeats, args.workers)
-    predict = predict_seconds(hparams, dataset.test_images)
+    computes_in = precision.resolve(args.precision)
+    print(f"benchmark on {folder}: {n} images/epoch, batch {hparams['batch_size']}, {args.hparams or 'default model'}, "
+          f"computing in {computes_in}", flush=True)  # fmt: skip
+    plain, kit = fit_seconds(images, labels, hparams, args.repeats, args.workers, computes_in)
+    predict = predict_seconds(hparams, dataset.test_images, computes_in)
     per_thread = augment_images_per_s(images, hparams, AugmentConfig())
+    projected = projected_minutes(images, labels, dataset.test_images, len(dataset.train_images), computes_in)
     result = {
         "plain_fit_images_per_s": round(n / plain, 1),
         "kit_train_images_per_s": round(n / kit, 1),
         "predict_images_per_s": round(len(dataset.test_images) / predict, 1),
         "augment_images_per_s_per_thread": round(per_thread, 1),
         "gpu_20k_cores": int(np.ceil(20_000 / per_thread)),
-        "projected_minutes": projected_minutes(images, labels, dataset.test_images, len(dataset.train_images)),
+        "projected_minutes": projected,
         "cpu": cpu_model(),
+        "precision": computes_in,
     }
     print_result(result, plain / kit, args.repeats)
     if args.json:
@@ -172,7 +182,8 @@ def print_result(result: dict, ratio: float, repeats: int) -> None:
                        ("predict", "predict_images_per_s"),
                        ("augmentation alone, per thread", "augment_images_per_s_per_thread")):  # fmt: skip
         print(f"{label:<40}{result[key]:>10.1f} images/s")
-    print(f"kit / plain = {ratio:.2f} (best of {repeats} alternating runs each) on {result['cpu']}")
+    print(f"kit / plain = {ratio:.2f} (best of {repeats} alternating runs each) on {result['cpu']}, "
+          f"computing in {result['precision']}")  # fmt: skip
     print(f"a GPU training 20,000 images/s needs {result['gpu_20k_cores']} augmentation threads (cores) to keep up")
     projected = ", ".join(f"{name} {minutes:.0f} min" for name, minutes in result["projected_minutes"].items())
     print(f"projected wall time on this machine (no early stopping): {projected}")

@@ -37,7 +37,7 @@ class TrainConfig:
     tta_rounds: int = 4
     max_rows: int | None = None  # stratified subsample of train.csv (smoke runs, tests)
     workers: int = 1  # threads that augment batches while the model trains
-    precision: str = "auto"  # inference: auto (src/precision.py picks per device), float32, bfloat16, float16
+    precision: str = "auto"  # what training and inference compute in: auto (src/precision.py picks per device), ...
     hparams: str | None = None  # path of a hyperparameter JSON; None: the preset's or the defaults
     # Paths of hyperparameter JSONs of further models, each trained on every fold of the final round and averaged
     # with the first (a second, different model per row); None: the preset's; (): none.

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from src import augment
+from src import augment, model
 from src.config import AugmentConfig
 from src.errors import DigitsError
 from src.files import write_atomically
@@ -56,15 +56,17 @@ def load_model(fold_dir: Path, precision: str = "float32"):
 
 
 def with_precision(net, precision: str):
-    """The same model and weights computing in `precision`; the softmax stays float32."""
-    if precision == "float32":
-        return net
+    """The same model and weights computing in `precision`, whatever it was trained in; the softmax stays float32."""
     import keras
+
+    dtype = model.compute_dtype(precision)
+    if all(layer.dtype_policy.name == dtype for layer in net.layers if layer.name not in ("image", "probs")):
+        return net
 
     def clone(layer):
         config = layer.get_config()
         if layer.name != "probs":
-            config["dtype"] = f"mixed_{precision}"
+            config["dtype"] = dtype
         return layer.__class__.from_config(config)
 
     twin = keras.models.clone_model(net, clone_function=clone)

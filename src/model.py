@@ -118,31 +118,41 @@ def load_hparams(path: str | Path) -> dict[str, Any]:
     return validate_hparams(values, str(path))
 
 
-def build_model(hparams: dict[str, Any]):
-    """An uncompiled Keras CNN: uint8 [B, 28, 28, 1] -> class probabilities float32 [B, 10]."""
+def build_model(hparams: dict[str, Any], precision: str = "float32"):
+    """An uncompiled Keras CNN: uint8 [B, 28, 28, 1] -> class probabilities float32 [B, 10].
+
+    `precision` (see src/precision.py) is what the layers compute in; weights and the softmax stay float32.
+    """
     import keras
     from keras import layers
 
+    dtype = compute_dtype(precision)
+
     def conv_bn_relu(x, filters: int, kernel: int, strides: int = 1, padding: str = "same"):
-        x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=hparams["bn_momentum"])(x)
-        return layers.ReLU()(x)
+        x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, dtype=dtype)(x)
+        x = layers.BatchNormalization(momentum=hparams["bn_momentum"], dtype=dtype)(x)
+        return layers.ReLU(dtype=dtype)(x)
 
     inputs = keras.Input((28, 28, 1), dtype="uint8", name="image")
-    x = layers.Rescaling(1 / 255)(inputs)
+    x = layers.Rescaling(1 / 255, dtype=dtype)(inputs)
     for filters in hparams["filters"]:
         for _ in range(hparams["convs_per_block"]):
             x = conv_bn_relu(x, filters, hparams["kernel_size"], padding=hparams["padding"])
         x = conv_bn_relu(x, filters, hparams["down_kernel_size"], strides=2)
-        x = layers.Dropout(hparams["dropout"])(x)
-    x = layers.Flatten()(x)
+        x = layers.Dropout(hparams["dropout"], dtype=dtype)(x)
+    x = layers.Flatten(dtype=dtype)(x)
     if hparams["dense"]:
-        x = layers.Dense(hparams["dense"], use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=hparams["bn_momentum"])(x)
-        x = layers.ReLU()(x)
-        x = layers.Dropout(hparams["dropout"])(x)
+        x = layers.Dense(hparams["dense"], use_bias=False, dtype=dtype)(x)
+        x = layers.BatchNormalization(momentum=hparams["bn_momentum"], dtype=dtype)(x)
+        x = layers.ReLU(dtype=dtype)(x)
+        x = layers.Dropout(hparams["dropout"], dtype=dtype)(x)
     outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="digits_cnn")
+
+
+def compute_dtype(precision: str) -> str:
+    """The Keras dtype policy of the layers for `precision`: "mixed" keeps the weights float32."""
+    return "float32" if precision == "float32" else f"mixed_{precision}"
 
 
 def learning_rate(hparams: dict[str, Any], total_steps: int, steps_per_epoch: int):
@@ -163,7 +173,7 @@ def learning_rate(hparams: dict[str, Any], total_steps: int, steps_per_epoch: in
     )
 
 
-def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_epoch: int):
+def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_epoch: int, precision: str = "float32"):
     import keras
 
     lr = learning_rate(hparams, total_steps, steps_per_epoch)
@@ -174,6 +184,8 @@ def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_ep
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema),
         "rmsprop": lambda: keras.optimizers.RMSprop(lr, **ema),
     }[hparams["optimizer"]]()
+    if precision == "float16":  # float16 gradients underflow without a scaled loss (bfloat16 has float32's range)
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss=loss(hparams["label_smoothing"]), metrics=["accuracy"])
     return model
 

@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --pseudo: round 2 leaves out the training rows whose label round 1's out-of-fold "
                              "probabilities contradict (confident learning); CV still counts them")  # fmt: skip
     parser.add_argument("--precision", choices=precision.CHOICES,
-                        help="float type of inference (default auto: bfloat16 where the CPU or GPU has it, float16 "
-                             "on P100/V100/T4, else float32)")  # fmt: skip
+                        help="float type of training and inference, weights kept float32 (default auto: bfloat16 "
+                             "where the CPU or GPU has it, float16 on P100/V100/T4, else float32)")  # fmt: skip
     parser.add_argument("--resume", metavar="RUN", help="finish an interrupted run (its folder under runs/)")
     parser.add_argument("--message", "-m", default="", help="note stored in the metadata")
     return parser.parse_args(argv)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; predicts in {spec.train.precision}")  # fmt: skip
+        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; computes in {spec.train.precision}")  # fmt: skip
 
     result, durations = train_and_predict(spec, images, labels, dataset.test_images, run_dir, log)
     durations["total"] = time.perf_counter() - started

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from src import augment, model
+from src import augment, model, precision
 from src.config import AugmentConfig, TrainConfig
 from src.files import write_atomically
 
@@ -194,7 +194,9 @@ def train_fold(
     batches = augment.training_batches(train_x, train_y, batch_size, train.epochs, aug, hparams["aug_strength"],
                                        seed, train.workers)  # fmt: skip
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
-    net = model.compile_model(model.build_model(hparams), hparams, steps * train.epochs, steps)
+    computes_in = precision.resolve(train.precision)
+    net = model.build_model(hparams, computes_in)
+    net = model.compile_model(net, hparams, steps * train.epochs, steps, computes_in)
     out_dir.mkdir(parents=True, exist_ok=True)
     epoch_line = progress_callback(progress, label, train.epochs, steps * batch_size)
     callbacks = fold_callbacks(out_dir, train, epoch_line, extra_callbacks, ema=hparams["ema"] > 0)
@@ -214,6 +216,7 @@ def train_fold(
         "epochs_run": len(val_acc),
         "train_seconds": round(seconds, 1),
         "train_images_per_s": round(len(val_acc) * steps * batch_size / seconds, 1),
+        "precision": computes_in,
         "pseudo_rows": 0 if extra is None else len(extra[1]),
         "train_rows": len(fold.train_index),
     }

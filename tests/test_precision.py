@@ -1,4 +1,5 @@
-"""Inference precision per device: the choice, the flag, and that a lower precision predicts the same digits."""
+"""Training and inference precision per device: the choice, the flag, and that a lower precision predicts the same
+digits."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_bfloat16_inference_reads_the_same_digits(demo_run, demo_dir):
 def test_the_run_records_its_precision(demo_run):
     config = json.loads((demo_run / "config.json").read_text())
     cv = json.loads((demo_run / "cv.json").read_text())
-    assert config["train"]["precision"] == cv["precision"] == precision.resolve("auto")
+    fold = json.loads((ensemble.fold_dirs(demo_run)[0] / "fold.json").read_text())
+    assert config["train"]["precision"] == cv["precision"] == fold["precision"] == precision.resolve("auto")
     spec = submit.spec_from_args(submit.parse_args(["--precision", "bfloat16"]))
     assert spec.train.precision == "bfloat16"

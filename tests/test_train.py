@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from src import config, data, train
+from src import config, data, precision, train
 from src.config import PRESETS
 
 
@@ -57,7 +57,8 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rates = {"plain_fit_images_per_s", "kit_train_images_per_s", "predict_images_per_s",
              "augment_images_per_s_per_thread"}  # fmt: skip
-    assert set(result) == rates | {"gpu_20k_cores", "projected_minutes", "cpu"}
+    assert set(result) == rates | {"gpu_20k_cores", "projected_minutes", "cpu", "precision"}
+    assert result["precision"] == precision.resolve("auto")
     assert all(result[k] > 0 for k in rates) and result["cpu"] and result["gpu_20k_cores"] >= 1
     # The projection follows the presets' sizes: full trains 5 folds x 10 epochs twice (the second round on
     # train + pseudo-labelled test rows), fast 3 folds x 8 epochs once, smoke 2 x 2: at least 2.6x apart in images
