@@ -29,6 +29,8 @@ RULE_THINNESS = 60
 RULES_SIDE = 700  # rules are looked for on a copy this size
 RULE_DARKER = 0.15  # ink this much darker than a page's rules is pen on a rule, and stays
 ALONG = 40  # a bent rule is followed in the direction of its last this many columns
+MAX_GLARE_GAIN = 4.0  # a glare that leaves less than a quarter of the ink's contrast is not undone further
+GLARE_SLACK = 0.2  # see glare_gain
 Segment = tuple[int, int, int, int]  # x1, y1, x2, y2
 
 
@@ -208,9 +210,25 @@ def ink_map(rgb: np.ndarray) -> np.ndarray:
     """
     grey = rgb.min(axis=2) if rgb.ndim == 3 else rgb
     paper, allowed = background(grey)
-    ink = np.clip(1 - (grey.astype(np.float32) + 1) / (paper + 1), 0, 1)
+    ink = np.clip((1 - (grey.astype(np.float32) + 1) / (paper + 1)) * glare_gain(paper, allowed), 0, 1)
     ink[~allowed] = 0
     return without_rules(ink)
+
+
+def glare_gain(paper: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """float32 [H, W]: how much a glare washed out the ink; 1 where the paper is not much brighter than usual.
+
+    Glare mixes white light into the photo: paper and ink alike move a share g of the way to white, so the
+    ink's contrast shrinks by (1 - g), and g shows in the paper: (1 - g) = (255 - paper) / (255 - usual paper).
+    The usual paper is where its brightest fifth begins (a hand's shadow or a dim corner is no glare), and the
+    gain is GLARE_SLACK less (never below 1): the light over a page varies that much by itself.
+    """
+    usual = float(np.percentile(paper[allowed] if allowed.any() else paper, 80))
+    if usual >= 250:  # white paper has no room to show a glare
+        return np.ones(paper.shape, np.float32)
+    washed = (255 - paper) / (255 - usual)  # 1 - g
+    gain = ((paper + 1) / (usual + 1)) / np.maximum(washed, 1 / MAX_GLARE_GAIN)
+    return np.maximum(gain - GLARE_SLACK, 1).astype(np.float32)
 
 
 def without_rules(ink: np.ndarray) -> np.ndarray:
