@@ -303,6 +303,34 @@ def test_committed_reader_tells_digits_from_marks(unseen, classify):
     assert np.mean(classify(pairs).argmax(1) == reader.NOT_A_DIGIT) >= 0.9  # two touching digits are not one
 
 
+def nine(open_top: bool, pen: int) -> np.ndarray:
+    """bool [90, 60]: a 9 drawn with a pen `pen` px wide: a loop and a stem, the loop closed or open at the top."""
+    ink = np.zeros((90, 60), np.uint8)
+    arc = (200, 500) if open_top else (0, 360)  # degrees, clockwise from the right: open, it misses its top
+    cv2.ellipse(ink, (30, 25), (20, 17), 0, *arc, 1, pen)
+    cv2.line(ink, (50, 25), (48, 85), 1, pen)
+    return ink.astype(bool)
+
+
+@pytest.mark.parametrize(
+    ("open_top", "pen", "p4", "read"),
+    [
+        (False, 5, 0.3, 9),  # a closed loop: a 9, however the reader doubts it
+        (True, 5, 0.3, 4),  # an open loop, a thin pen: a 4 written open at the top
+        (True, 5, 0.05, 9),  # the reader sure of its 9: left alone
+        (True, 16, 0.3, 9),  # a marker fills a small loop: no hole says nothing
+    ],
+)
+def test_a_nine_with_an_open_loop_written_with_a_thin_pen_is_a_four(open_top, pen, p4, read):
+    """MNIST's 9s are often open at the top, so its reader takes an open-topped 4 for a 9 (phone_4's 4 did)."""
+    mask = np.zeros((100, 200), np.uint8)
+    mask[5:95, 70:130] = nine(open_top, pen)
+    p = np.zeros(11, np.float32)
+    p[9], p[4] = 1 - p4, p4
+    checked = recognize.loop_checked(p, mask, (70, 5, 60, 90))
+    assert checked.argmax() == read and sorted(checked) == sorted(p)  # the probabilities swapped, not changed
+
+
 PHOTOS = os.environ.get("DIGITS_OCR_PHOTOS")
 
 
@@ -310,7 +338,8 @@ PHOTOS = os.environ.get("DIGITS_OCR_PHOTOS")
 def test_real_phone_photos(classify, capsys):
     result = ocr.evaluate(Path(PHOTOS), classify)
     assert result["digits"] >= 40
-    assert result["accuracy"] >= 0.95, result  # measured: see the README
+    # 40/40 (39/40, phone_4's open-topped 4 read as 9, before loop_checked): see the README
+    assert result["accuracy"] >= 0.975, result
     assert ocr.main(["--eval", PHOTOS]) == 0
     assert "all" in capsys.readouterr().out
 
@@ -336,9 +365,10 @@ def test_real_photos_turned_and_as_png_bmp_and_pdf_with_a_margin(classify, tmp_p
     (tmp_path / "truth.json").write_text(json.dumps({"lines": lines}))
     result = ocr.evaluate(tmp_path, classify)
     assert result["digits"] == 10 * len(lines)
-    # 350/360: phone_4's open-top 4 in every file. 348 when the paper at a step was estimated at full size
-    # alone: where a dark corner of the photo meets the white margin, the margin brightened it into a stray 1.
-    assert result["accuracy"] >= 0.97, [r for r in result["files"] if r["accuracy"] < 1]
+    # 360/360; 350 when phone_4's open-topped 4 was read as 9 in every file (before loop_checked), 348 when the
+    # paper at a step was estimated at full size alone (a dark corner of the photo against the white margin
+    # brightened into a stray 1).
+    assert result["accuracy"] >= 0.99, [r for r in result["files"] if r["accuracy"] < 1]
 
 
 def with_glare(rgb: np.ndarray, centre: tuple[float, float], radius: float, strength: float) -> np.ndarray:
@@ -351,7 +381,7 @@ def with_glare(rgb: np.ndarray, centre: tuple[float, float], radius: float, stre
 @pytest.mark.skipif(not PHOTOS, reason="DIGITS_OCR_PHOTOS is not set: no real photos for this test")
 def test_real_photos_with_a_glare_over_the_middle_of_the_string(classify):
     """Under a glare a stroke keeps a fifth of its contrast: read as it stands, the digits there fall below the
-    page's ink threshold and drop out (34/40 before glare_gain; measured 38/40: phone_4's 4, one of phone_2's)."""
+    page's ink threshold and drop out (34/40 before glare_gain; measured 39/40: one of phone_2's)."""
     truth = json.loads((Path(PHOTOS) / "truth.json").read_text())["lines"]
     errors_all = digits_all = 0
     for name, want in truth.items():
@@ -362,7 +392,7 @@ def test_real_photos_with_a_glare_over_the_middle_of_the_string(classify):
         _, got = read_texts(with_glare(rgb, middle, radius=90, strength=0.8), classify)
         errors, digits = ocr.digit_errors(got, want)
         errors_all, digits_all = errors_all + errors, digits_all + digits
-    assert digits_all == 40 and errors_all <= 3, errors_all
+    assert digits_all == 40 and errors_all <= 2, errors_all
 
 
 def test_cli_pdf_in_json_annotated_and_searchable_pdf_out(unseen, tmp_path, capsys):
