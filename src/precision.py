@@ -3,7 +3,7 @@ float16 on GPUs with fast float16 but no bfloat16 (P100, V100, T4), float32 else
 
 Weights stay float32 (Keras "mixed" policies), so a run trained anywhere predicts anywhere, in any precision.
 On a CPU without bfloat16 instructions (no AMX or AVX512-BF16) bfloat16 is emulated and ~3x slower, so auto
-keeps float32 there; on an AMD EPYC with AVX512-BF16 it trains the slim model twice as fast.
+keeps float32 there; on an AMD EPYC with AVX512-BF16 the kit trains the slim model 1.5x as fast in it.
 """
 
 from __future__ import annotations
