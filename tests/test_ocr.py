@@ -381,7 +381,7 @@ def with_glare(rgb: np.ndarray, centre: tuple[float, float], radius: float, stre
 @pytest.mark.skipif(not PHOTOS, reason="DIGITS_OCR_PHOTOS is not set: no real photos for this test")
 def test_real_photos_with_a_glare_over_the_middle_of_the_string(classify):
     """Under a glare a stroke keeps a fifth of its contrast: read as it stands, the digits there fall below the
-    page's ink threshold and drop out (34/40 before glare_gain; measured 39/40: one of phone_2's)."""
+    page's ink threshold and drop out (34/40 with the code before glare_gain; measured 39/40: one of phone_2's)."""
     truth = json.loads((Path(PHOTOS) / "truth.json").read_text())["lines"]
     errors_all = digits_all = 0
     for name, want in truth.items():
