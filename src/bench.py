@@ -111,13 +111,14 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     A preset with pseudo-labels runs twice: round 2 trains each fold on its rows plus most test images.
     """
     t = preset.train
-    models, rounds = t.folds * len(t.seeds), train.rounds(t)
-    validated = t.epochs * train.run_rows(t, n_train) / t.folds  # every epoch, by each model
-    predicted_per_round = models * (validated + n_test * ((1 + t.tta_rounds) if t.tta else 1))
+    models = t.folds * len(t.seeds)
+    each_round = [t, train.round_two(t)][: train.rounds(t)]
+    tested = n_test * ((1 + t.tta_rounds) if t.tta else 1)  # the test set, once per model and round
+    predicted = [models * (r.epochs * train.run_rows(t, n_train) / t.folds + tested) for r in each_round]
     first = train.planned_images(t, n_train, n_test)
     extra = train.planned_images(t, n_train, n_test, final_models=2) - first
-    return [(model.validate_hparams(preset.hparams), first, rounds * predicted_per_round)] + [
-        (model.validate_hparams(h), extra, predicted_per_round) for h in preset.extra_hparams
+    return [(model.validate_hparams(preset.hparams), first, sum(predicted))] + [
+        (model.validate_hparams(h), extra, predicted[-1]) for h in preset.extra_hparams
     ]
 
 

@@ -48,6 +48,11 @@ class TrainConfig:
     # With pseudo: round 2 also leaves out the training rows whose label round 1's out-of-fold probabilities
     # contradict (confident learning, the report's label_issues.csv). CV still counts every row.
     clean: bool = False
+    # Epochs of round 2; None: `epochs`.
+    pseudo_epochs: int | None = None
+    # With pseudo: round 2 fine-tunes each fold's round-1 model (its first model; an extra model has no round-1
+    # twin and starts fresh) instead of training a fresh one. Measured on fast: no gain (README), so off.
+    warm: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     python -m src.submit [--preset smoke|fast|full] [--data-dir D] [--out DIR] [--hparams FILE]
                          [--extra-hparams FILE ...] [--folds K] [--epochs E] [--seeds S ...] [--tta]
-                         [--pseudo P] [--resume RUN]
+                         [--precision P] [--pseudo P [--pseudo-epochs E] [--warm] [--clean]] [--resume RUN]
 
 Writes <out>/<timestamp>_<preset>_cv<score>.csv with a metadata JSON beside it, and updates
 <out>/submission.csv. Without competition data it runs on a demo dataset built from scikit-learn's digits.
@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pseudo", type=float, metavar="P",
                         help="semi-supervised: a second round that also trains on the test images round 1 predicts "
                              "with probability >= P (e.g. 0.99); CV stays on train rows")  # fmt: skip
+    parser.add_argument(
+        "--pseudo-epochs", type=int, metavar="E", help="with --pseudo: round 2's epochs (default: --epochs)"
+    )
+    parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --pseudo: round 2 fine-tunes each fold's round-1 model instead of training a "
+                             "fresh one (few --pseudo-epochs suffice)")  # fmt: skip
     parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pseudo: round 2 leaves out the training rows whose label round 1's out-of-fold "
                              "probabilities contradict (confident learning); CV still counts them")  # fmt: skip
@@ -81,6 +87,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         raise DigitsError(f"--epochs {args.epochs}: must be at least 1")
     if args.pseudo is not None and not 0 <= args.pseudo <= 1:
         raise DigitsError(f"--pseudo {args.pseudo}: a probability in 0-1 (e.g. 0.99; 0 trains one round)")
+    if args.pseudo_epochs is not None and args.pseudo_epochs < 1:
+        raise DigitsError(f"--pseudo-epochs {args.pseudo_epochs}: must be at least 1")
     train = with_overrides(
         preset.train,
         folds=args.folds,
@@ -94,9 +102,13 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         extra_hparams=None if args.extra_hparams is None else tuple(args.extra_hparams),
         pseudo=args.pseudo,
         clean=args.clean,
+        pseudo_epochs=args.pseudo_epochs,
+        warm=args.warm,
     )
     if train.clean and not train.pseudo:
         raise DigitsError("--clean needs --pseudo P: round 1's out-of-fold probabilities find the rows to leave out")
+    if (train.warm or train.pseudo_epochs) and not train.pseudo:
+        raise DigitsError("--warm and --pseudo-epochs need --pseudo P: they shape round 2, which --pseudo adds")
     train = with_overrides(train, precision=args.precision)
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
@@ -217,8 +229,9 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
 
     def one_round(folder: Path, pseudo: train.Pseudo | None = None, final: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
+        settings = train.round_two(spec.train) if pseudo else spec.train
         for k, hparams in enumerate([spec.hparams, *spec.extra_hparams][: models if final else 1]):
-            train.train_folds(images, labels, hparams, spec.train, spec.augment, folder, progress, log, pseudo,
+            train.train_folds(images, labels, hparams, settings, spec.augment, folder, progress, log, pseudo,
                               prefix=f"m{k}_" if k else "")  # fmt: skip
         t1 = time.perf_counter()
         result = ensemble.ensemble_run(folder, labels, test_images, images, tta_rounds, spec.augment, log,
@@ -236,7 +249,8 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     if spec.train.clean:
         left_out = ensemble.label_issues(labels, first["oof_probs"])
         log(f"round 2 leaves out {len(left_out)} training rows whose label round 1 contradicts (CV still counts them)")
-    result = one_round(run_dir, train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out))
+    pseudo = train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out, spec.train.warm)
+    result = one_round(run_dir, pseudo)
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
 
 

@@ -100,6 +100,11 @@ def rounds(train: TrainConfig) -> int:
     return 2 if train.pseudo else 1
 
 
+def round_two(train: TrainConfig) -> TrainConfig:
+    """What round 2 of a pseudo-label run trains with: its own number of epochs."""
+    return dataclasses.replace(train, epochs=train.pseudo_epochs or train.epochs)
+
+
 def run_rows(train: TrainConfig, n_train: int) -> int:
     """train.csv rows a run uses (a stratified subsample when max_rows is set)."""
     return min(train.max_rows or n_train, n_train)
@@ -119,7 +124,8 @@ def planned_images(train: TrainConfig, n_train: int, n_test: int, final_models: 
     `final_models`: models trained on each fold of the final round (1 + the extra models).
     """
     fold_rows = run_rows(train, n_train) * (train.folds - 1) / train.folds
-    per_round = [planned_fold_images(train, fold_rows, n) for n in (0, n_test)[: rounds(train)]]
+    per_round = [planned_fold_images(train, fold_rows, 0), planned_fold_images(round_two(train), fold_rows, n_test)]
+    per_round = per_round[: rounds(train)]
     return train.folds * len(train.seeds) * (sum(per_round) + (final_models - 1) * per_round[-1])
 
 
@@ -140,6 +146,15 @@ class Pseudo:
     round_one: Path  # run folder of round 1: <fold>/test_probs.npy, float32 [M, 10]
     threshold: float
     left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # train rows round 2 never trains on
+    warm: bool = False  # each fold starts from round 1's model of the same fold (TrainConfig.warm)
+
+    def start_from(self, name: str) -> Path | None:
+        """The round-1 fold folder whose model fold `name` fine-tunes (warm), or None: it starts fresh.
+
+        An extra model (m1_seed0_fold0, ...) has no round-1 twin, so it always starts fresh.
+        """
+        folder = self.round_one / name
+        return folder if self.warm and (folder / "model.keras").is_file() else None
 
     def cleaned(self, fold: Fold) -> Fold:
         """The fold without the left-out rows in its training part; its validation rows stay, all of them."""
@@ -153,6 +168,14 @@ class Pseudo:
         probs = np.load(self.round_one / fold.name / "test_probs.npy")
         rows, labels = pseudo_labels(probs, self.threshold)
         return self.test_images[rows], labels
+
+
+WARM_LR_SHARE = 0.5  # of the peak learning rate a warm start climbs back to: the model is trained; Adam's state is not
+
+
+def warm_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of a fine-tune: the same schedule (its warm-up included) to a lower peak."""
+    return {**hparams, "learning_rate": hparams["learning_rate"] * WARM_LR_SHARE}
 
 
 def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -174,11 +197,13 @@ def train_fold(
     extra_callbacks: tuple = (),
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     planned: float | None = None,
+    start_from: Path | None = None,
 ) -> dict[str, Any]:
     """Train one model on `fold.train_index` of images uint8 [N, 28, 28] (plus `extra` (images, labels), e.g.
     pseudo-labelled test images); save it and its OOF probabilities.
 
     `planned`: the images `progress` counted for this fold (an estimate for round 2); None: exactly its epochs.
+    `start_from`: a finished fold folder of the same model whose weights this one fine-tunes (warm_hparams).
     """
     import keras
 
@@ -196,7 +221,10 @@ def train_fold(
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     computes_in = precision.resolve(train.precision)
     net = model.build_model(hparams, computes_in)
-    net = model.compile_model(net, hparams, steps * train.epochs, steps, computes_in)
+    if start_from is not None:
+        net.load_weights(start_from / "model.keras")  # weights are float32 whatever precision either computes in
+    schedule = warm_hparams(hparams) if start_from is not None else hparams
+    net = model.compile_model(net, schedule, steps * train.epochs, steps, computes_in)
     out_dir.mkdir(parents=True, exist_ok=True)
     epoch_line = progress_callback(progress, label, train.epochs, steps * batch_size)
     callbacks = fold_callbacks(out_dir, train, epoch_line, extra_callbacks, ema=hparams["ema"] > 0)
@@ -219,6 +247,7 @@ def train_fold(
         "precision": computes_in,
         "pseudo_rows": 0 if extra is None else len(extra[1]),
         "train_rows": len(fold.train_index),
+        "warm_start": None if start_from is None else str(start_from),
     }
     write_json(out_dir / "fold.json", summary)  # written last: its presence marks the fold finished
     return summary
@@ -292,11 +321,13 @@ def train_folds(
             log(f"{label} finished earlier: val_acc {summary['val_accuracy']:.4f} (resume)")
         else:
             extra = pseudo.for_fold(fold) if pseudo else None
+            start = pseudo.start_from(out_dir.name) if pseudo else None
             if pseudo is not None:
                 fold = pseudo.cleaned(fold)
-                log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold})")
+                how = f", fine-tuning {start}" if start else ""
+                log(f"{label} adds {len(extra[1]):,} pseudo-labelled test images (p >= {pseudo.threshold}){how}")
             summary = train_fold(images, labels, fold, hparams, train, aug, out_dir, progress, label, extra=extra,
-                                 planned=planned)  # fmt: skip
+                                 planned=planned, start_from=start)  # fmt: skip
             log(f"{label} done: val_acc {summary['val_accuracy']:.4f} in {format_seconds(summary['train_seconds'])}")
         summaries.append(summary)
     return summaries

@@ -146,21 +146,25 @@ def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
 
 
 def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
-    """Round 2 trains on train + sure test rows (less --clean's rows), with a second, different model per fold."""
+    """Round 2 trains on train + sure test rows (less --clean's rows), with a second, different model per fold;
+    with --warm its first model fine-tunes round 1's model of the fold for --pseudo-epochs."""
     (tmp_path / "small.json").write_text(json.dumps({"filters": [8, 16], "convs_per_block": 1}))
     result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--clean",
-                        "--extra-hparams", "small.json", "--out", "subs", cwd=tmp_path)  # fmt: skip
+                        "--warm", "--pseudo-epochs", "3", "--extra-hparams", "small.json", "--out", "subs",
+                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "round 2 also trains on the test images" in result.stdout and "pseudo-labelled test images" in result.stdout
     left_out = int(re.search(r"round 2 leaves out (\d+) training rows", result.stdout).group(1))
     etas = [line.rsplit("ETA ", 1)[1] for line in result.stdout.splitlines() if "/epoch, ETA " in line]
-    assert len(etas) == 2 * 6 + 2 * 2 * 6 and etas[-1] == "0s"  # one ETA over both rounds (round 2: two models)
+    assert len(etas) == 2 * 6 + 2 * 2 * 3 and etas[-1] == "0s"  # one ETA over both rounds (round 2: two models)
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
     run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
     round_one = json.loads((run / "round1" / "cv.json").read_text())
     assert meta["round1_cv_accuracy"] == round_one["cv_accuracy"] and meta["train"]["pseudo"] == 0.5
     folds = [json.loads((run / f"seed0_fold{k}" / "fold.json").read_text()) for k in (0, 1)]
     assert all(0 < f["pseudo_rows"] <= 539 for f in folds)  # some of the demo's 539 test images, never more
+    assert [Path(f["warm_start"]).name for f in folds] == ["seed0_fold0", "seed0_fold1"]
+    assert all(Path(f["warm_start"]).parent.name == "round1" and f["epochs_run"] == 3 for f in folds)
     # --clean: each left-out row was in the training part of the other fold, and is gone from it
     before = [1258 - len(np.load(run / f"seed0_fold{k}" / "val_index.npy")) for k in (0, 1)]
     assert 0 < left_out < 300 and sum(b - f["train_rows"] for b, f in zip(before, folds)) == left_out
@@ -175,6 +179,7 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
     for k, first in enumerate(folds):
         extra = json.loads((run / f"m1_seed0_fold{k}" / "fold.json").read_text())
         assert (extra["pseudo_rows"], extra["train_rows"]) == (first["pseudo_rows"], first["train_rows"])
+        assert extra["warm_start"] is None  # no round-1 twin: it starts fresh
         both = [np.load(run / f"{m}seed0_fold{k}" / "val_probs.npy") for m in ("", "m1_")]
         val_index = np.load(run / f"seed0_fold{k}" / "val_index.npy")
         np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], (both[0] + both[1]) / 2, atol=1e-6)
@@ -197,6 +202,8 @@ def test_a_missing_extra_hparams_file_is_one_line(tmp_path):
 def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
     result = run_submit("--pseudo", "1.5", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--pseudo 1.5" in result.stderr
+    result = run_submit("--warm", cwd=tmp_path)
+    assert result.returncode == 2 and "--warm and --pseudo-epochs need --pseudo" in result.stderr
     result = run_submit("--clean", cwd=tmp_path)
     assert (
         result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--clean needs --pseudo" in result.stderr

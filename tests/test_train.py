@@ -141,3 +141,37 @@ def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(dem
                                    train.Progress(4, log=lambda line: None), "[t]")  # fmt: skip
         accuracy[ema] = summary["val_accuracy"]
     assert accuracy[0.0] > 0.7 and accuracy[0.9999] < accuracy[0.0] - 0.3
+
+
+def test_a_warm_start_fine_tunes_the_given_model_instead_of_fresh_weights(demo_dir, tmp_path):
+    """One epoch from a trained fold's weights is far better than one epoch from fresh ones."""
+    from src import model
+    from src.config import AugmentConfig, TrainConfig
+
+    dataset = data.load(demo_dir)
+    fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
+    hparams = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005})
+
+    def fit(name: str, epochs: int, start_from=None) -> dict:
+        return train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
+                                TrainConfig(epochs=epochs, patience=epochs), AugmentConfig(), tmp_path / name,
+                                train.Progress(1, log=lambda line: None), "[t]", start_from=start_from)  # fmt: skip
+
+    trained = fit("trained", 5)
+    fresh, warm = fit("fresh", 1), fit("warm", 1, start_from=tmp_path / "trained")
+    assert trained["val_accuracy"] > 0.8 and warm["warm_start"] == str(tmp_path / "trained")
+    assert warm["val_accuracy"] > fresh["val_accuracy"] + 0.2 and fresh["warm_start"] is None
+
+
+def test_only_a_model_with_a_round_one_twin_starts_warm(tmp_path):
+    (tmp_path / "seed0_fold0").mkdir()
+    (tmp_path / "seed0_fold0" / "model.keras").write_bytes(b"")
+    pseudo = train.Pseudo(np.zeros((0, 28, 28), np.uint8), tmp_path, 0.99, warm=True)
+    assert pseudo.start_from("seed0_fold0") == tmp_path / "seed0_fold0" and pseudo.start_from("m1_seed0_fold0") is None
+    assert train.Pseudo(pseudo.test_images, tmp_path, 0.99).start_from("seed0_fold0") is None  # warm off
+
+
+def test_round_two_trains_its_own_epochs_and_the_eta_counts_them():
+    warm = dataclasses.replace(PRESETS["fast"].train, pseudo=0.99, warm=True, pseudo_epochs=2)
+    assert train.round_two(warm).epochs == 2 and train.round_two(PRESETS["fast"].train).epochs == 8
+    assert train.planned_images(warm, 42_000, 28_000) == 3 * 8 * 28_000 + 3 * 2 * (28_000 + 0.95 * 28_000)
