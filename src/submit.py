@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pseudo: round 2 fine-tunes each fold's round-1 model instead of training a "
-                             "fresh one (few --pseudo-epochs suffice)")  # fmt: skip
+                             "fresh one (measured on fast: no gain; see the README)")  # fmt: skip
     parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pseudo: round 2 leaves out the training rows whose label round 1's out-of-fold "
                              "probabilities contradict (confident learning); CV still counts them")  # fmt: skip
