@@ -112,9 +112,8 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     """
     t = preset.train
     models = t.folds * len(t.seeds)
-    each_round = [t, train.round_two(t)][: train.rounds(t)]
     tested = n_test * ((1 + t.tta_rounds) if t.tta else 1)  # the test set, once per model and round
-    predicted = [models * (r.epochs * train.run_rows(t, n_train) / t.folds + tested) for r in each_round]
+    predicted = [models * (r.epochs * train.run_rows(t, n_train) / t.folds + tested) for r in train.each_round(t)]
     first = train.planned_images(t, n_train, n_test)
     extra = train.planned_images(t, n_train, n_test, final_models=2) - first
     return [(model.validate_hparams(preset.hparams), first, sum(predicted))] + [

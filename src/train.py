@@ -105,6 +105,11 @@ def round_two(train: TrainConfig) -> TrainConfig:
     return dataclasses.replace(train, epochs=train.pseudo_epochs or train.epochs)
 
 
+def each_round(train: TrainConfig) -> list[TrainConfig]:
+    """What each training round of a run trains with: round 1, then round 2 when there are pseudo-labels."""
+    return [train, round_two(train)][: rounds(train)]
+
+
 def run_rows(train: TrainConfig, n_train: int) -> int:
     """train.csv rows a run uses (a stratified subsample when max_rows is set)."""
     return min(train.max_rows or n_train, n_train)
@@ -124,8 +129,7 @@ def planned_images(train: TrainConfig, n_train: int, n_test: int, final_models: 
     `final_models`: models trained on each fold of the final round (1 + the extra models).
     """
     fold_rows = run_rows(train, n_train) * (train.folds - 1) / train.folds
-    per_round = [planned_fold_images(train, fold_rows, 0), planned_fold_images(round_two(train), fold_rows, n_test)]
-    per_round = per_round[: rounds(train)]
+    per_round = [planned_fold_images(r, fold_rows, n) for r, n in zip(each_round(train), (0, n_test))]
     return train.folds * len(train.seeds) * (sum(per_round) + (final_models - 1) * per_round[-1])
 
 
@@ -221,9 +225,10 @@ def train_fold(
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     computes_in = precision.resolve(train.precision)
     net = model.build_model(hparams, computes_in)
+    schedule = hparams
     if start_from is not None:
         net.load_weights(start_from / "model.keras")  # weights are float32 whatever precision either computes in
-    schedule = warm_hparams(hparams) if start_from is not None else hparams
+        schedule = warm_hparams(hparams)
     net = model.compile_model(net, schedule, steps * train.epochs, steps, computes_in)
     out_dir.mkdir(parents=True, exist_ok=True)
     epoch_line = progress_callback(progress, label, train.epochs, steps * batch_size)
