@@ -32,7 +32,7 @@ class TrainConfig:
     folds: int = 5
     seeds: tuple[int, ...] = (0,)
     epochs: int = 30
-    patience: int = 10  # early stopping on val accuracy; restores the best epoch
+    patience: int = 10  # early stopping on val accuracy; a fold keeps its last epoch's weights (src/train.py)
     tta: bool = False  # test-time augmentation at predict time
     tta_rounds: int = 4
     max_rows: int | None = None  # stratified subsample of train.csv (smoke runs, tests)

@@ -91,7 +91,7 @@ class TimeBudget:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def callback(self):
-        """Stops a trial's training at the deadline (its best epoch so far still counts)."""
+        """Stops a trial's training at the deadline (the epoch it stops at counts)."""
         import keras
 
         budget = self

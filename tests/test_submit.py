@@ -69,7 +69,7 @@ def test_kill_9_mid_fold_then_resume_gives_the_same_submission(tmp_path):
     process.kill()  # SIGKILL: no cleanup of any kind
     process.wait()
     assert history is not None and not (history.parent / "fold.json").exists()
-    assert (history.parent / "best.weights.h5").exists()  # a real kill leaves a checkpoint behind
+    assert not (history.parent / "model.keras").exists()  # killed mid-fold: resume trains that fold again
     assert not (killed / "subs").exists()
     run_dir = history.parent.parent
     resumed = run_submit("--resume", run_dir.name, "--out", "subs", cwd=killed)

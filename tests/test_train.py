@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from src import config, data, precision, train
@@ -141,6 +142,37 @@ def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(dem
                                    train.Progress(4, log=lambda line: None), "[t]")  # fmt: skip
         accuracy[ema] = summary["val_accuracy"]
     assert accuracy[0.0] > 0.7 and accuracy[0.9999] < accuracy[0.0] - 0.3
+
+
+def test_a_fold_keeps_its_last_epoch_even_when_an_earlier_one_scored_better(demo_dir, tmp_path):
+    """Choosing the epoch by the rows that score it would flatter the CV: the weights training ends with are kept.
+    Here the convs and dense layers are scrambled before the last epoch, so that epoch scores far below the one
+    before it; restoring the best epoch would score that one instead."""
+    import keras
+
+    from src import model
+    from src.config import AugmentConfig, TrainConfig
+
+    class ScrambleBeforeLastEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                rng = np.random.default_rng(0)
+                for layer in self.model.layers:
+                    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                        layer.kernel.assign(rng.normal(0, 1, layer.kernel.shape).astype("float32"))
+
+    dataset = data.load(demo_dir)
+    fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
+    hparams = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005})
+    summary = train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
+                               TrainConfig(epochs=3, patience=3), AugmentConfig(), tmp_path / "f",
+                               train.Progress(1, log=lambda line: None), "[t]",
+                               extra_callbacks=(ScrambleBeforeLastEpoch(),))  # fmt: skip
+    val_acc = pd.read_csv(tmp_path / "f" / "history.csv").val_accuracy
+    assert val_acc.iloc[1] > val_acc.iloc[2] + 0.2 and summary["best_epoch"] < 3
+    assert summary["val_accuracy"] == pytest.approx(val_acc.iloc[2], abs=1e-6)
+    saved = np.load(tmp_path / "f" / "val_probs.npy").argmax(1)
+    assert np.mean(saved == dataset.train_labels[fold.val_index]) == pytest.approx(val_acc.iloc[2], abs=1e-6)
 
 
 def test_a_warm_start_fine_tunes_the_given_model_instead_of_fresh_weights(demo_dir, tmp_path):
