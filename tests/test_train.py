@@ -124,23 +124,24 @@ def test_a_cleaned_fold_trains_without_the_left_out_rows_and_still_validates_on_
     assert np.array_equal(cleaned.val_index, fold.val_index)  # CV still counts every row
 
 
-def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(demo_dir, tmp_path):
-    """EMA momentum 0.9999 over a few steps keeps the averaged weights near their random start: if the checkpoint
-    held the raw weights instead, the saved model would be as good as the raw one."""
+def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, **kwargs) -> dict:
+    """train_fold of a tiny model on the first of 2 folds of the demo data: its summary. kwargs go to train_fold."""
     from src import model
     from src.config import AugmentConfig, TrainConfig
 
     dataset = data.load(demo_dir)
     fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
-    accuracy = {}
-    for ema in (0.0, 0.9999):
-        hparams = model.validate_hparams(
-            {"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005, "ema": ema}
-        )
-        summary = train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
-                                   TrainConfig(epochs=4, patience=4), AugmentConfig(), tmp_path / str(ema),
-                                   train.Progress(4, log=lambda line: None), "[t]")  # fmt: skip
-        accuracy[ema] = summary["val_accuracy"]
+    tiny = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005,
+                                   **(hparams or {})})  # fmt: skip
+    return train.train_fold(dataset.train_images, dataset.train_labels, fold, tiny,
+                            TrainConfig(epochs=epochs, patience=epochs), AugmentConfig(), out_dir,
+                            train.Progress(1, log=lambda line: None), "[t]", **kwargs)  # fmt: skip
+
+
+def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(demo_dir, tmp_path):
+    """EMA momentum 0.9999 over a few steps keeps the averaged weights near their random start: if the saved
+    model held the raw weights instead, it would be as good as the raw one."""
+    accuracy = {ema: fit_tiny(demo_dir, tmp_path / str(ema), 4, {"ema": ema})["val_accuracy"] for ema in (0.0, 0.9999)}
     assert accuracy[0.0] > 0.7 and accuracy[0.9999] < accuracy[0.0] - 0.3
 
 
@@ -150,9 +151,6 @@ def test_a_fold_keeps_its_last_epoch_even_when_an_earlier_one_scored_better(demo
     before it; restoring the best epoch would score that one instead."""
     import keras
 
-    from src import model
-    from src.config import AugmentConfig, TrainConfig
-
     class ScrambleBeforeLastEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
@@ -161,36 +159,20 @@ def test_a_fold_keeps_its_last_epoch_even_when_an_earlier_one_scored_better(demo
                     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
                         layer.kernel.assign(rng.normal(0, 1, layer.kernel.shape).astype("float32"))
 
-    dataset = data.load(demo_dir)
-    fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
-    hparams = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005})
-    summary = train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
-                               TrainConfig(epochs=3, patience=3), AugmentConfig(), tmp_path / "f",
-                               train.Progress(1, log=lambda line: None), "[t]",
-                               extra_callbacks=(ScrambleBeforeLastEpoch(),))  # fmt: skip
+    summary = fit_tiny(demo_dir, tmp_path / "f", 3, extra_callbacks=(ScrambleBeforeLastEpoch(),))
     val_acc = pd.read_csv(tmp_path / "f" / "history.csv").val_accuracy
     assert val_acc.iloc[1] > val_acc.iloc[2] + 0.2 and summary["best_epoch"] < 3
     assert summary["val_accuracy"] == pytest.approx(val_acc.iloc[2], abs=1e-6)
     saved = np.load(tmp_path / "f" / "val_probs.npy").argmax(1)
-    assert np.mean(saved == dataset.train_labels[fold.val_index]) == pytest.approx(val_acc.iloc[2], abs=1e-6)
+    labels = data.load(demo_dir).train_labels[np.load(tmp_path / "f" / "val_index.npy")]
+    assert np.mean(saved == labels) == pytest.approx(val_acc.iloc[2], abs=1e-6)
 
 
 def test_a_warm_start_fine_tunes_the_given_model_instead_of_fresh_weights(demo_dir, tmp_path):
     """One epoch from a trained fold's weights is far better than one epoch from fresh ones."""
-    from src import model
-    from src.config import AugmentConfig, TrainConfig
-
-    dataset = data.load(demo_dir)
-    fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
-    hparams = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005})
-
-    def fit(name: str, epochs: int, start_from=None) -> dict:
-        return train.train_fold(dataset.train_images, dataset.train_labels, fold, hparams,
-                                TrainConfig(epochs=epochs, patience=epochs), AugmentConfig(), tmp_path / name,
-                                train.Progress(1, log=lambda line: None), "[t]", start_from=start_from)  # fmt: skip
-
-    trained = fit("trained", 5)
-    fresh, warm = fit("fresh", 1), fit("warm", 1, start_from=tmp_path / "trained")
+    trained = fit_tiny(demo_dir, tmp_path / "trained", 5)
+    fresh = fit_tiny(demo_dir, tmp_path / "fresh", 1)
+    warm = fit_tiny(demo_dir, tmp_path / "warm", 1, start_from=tmp_path / "trained")
     assert trained["val_accuracy"] > 0.8 and warm["warm_start"] == str(tmp_path / "trained")
     assert warm["val_accuracy"] > fresh["val_accuracy"] + 0.2 and fresh["warm_start"] is None
 
