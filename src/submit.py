@@ -2,7 +2,8 @@
 
     python -m src.submit [--preset smoke|fast|full] [--data-dir D] [--out DIR] [--hparams FILE]
                          [--extra-hparams FILE ...] [--folds K] [--epochs E] [--seeds S ...] [--tta]
-                         [--precision P] [--pseudo P [--pseudo-epochs E] [--warm] [--clean]] [--resume RUN]
+                         [--precision P] [--pseudo P [--pseudo-epochs E] [--warm] [--clean]] [--epoch-val-rows N]
+                         [--resume RUN]
 
 Writes <out>/<timestamp>_<preset>_cv<score>.csv with a metadata JSON beside it, and updates
 <out>/submission.csv. Without competition data it runs on a demo dataset built from scikit-learn's digits.
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--patience", type=int)
     parser.add_argument("--max-rows", type=int, help="train on a stratified subsample of this many rows")
+    parser.add_argument("--epoch-val-rows", type=int, metavar="N",
+                        help="validation rows of each fold scored after every epoch, a fixed stratified sample "
+                             "(default 2000; 0: all); each fold's model is then scored on all")  # fmt: skip
     parser.add_argument("--workers", type=int, help="augmentation threads (default 1)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="test-time augmentation")
     parser.add_argument("--pseudo", type=float, metavar="P",
@@ -85,6 +89,9 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         raise DigitsError(f"--folds {args.folds}: K-fold needs at least 2 folds")
     if args.epochs is not None and args.epochs < 1:
         raise DigitsError(f"--epochs {args.epochs}: must be at least 1")
+    if args.epoch_val_rows is not None and not (args.epoch_val_rows == 0 or args.epoch_val_rows >= 100):
+        raise DigitsError(f"--epoch-val-rows {args.epoch_val_rows}: 0 (every row) or at least 100 (fewer make the "
+                          "learning curve noise)")  # fmt: skip
     if args.pseudo is not None and not 0 <= args.pseudo <= 1:
         raise DigitsError(f"--pseudo {args.pseudo}: a probability in 0-1 (e.g. 0.99; 0 trains one round)")
     if args.pseudo_epochs is not None and args.pseudo_epochs < 1:
@@ -95,6 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         epochs=args.epochs,
         seeds=tuple(args.seeds) if args.seeds else None,
         patience=args.patience,
+        epoch_val_rows=args.epoch_val_rows,
         tta=args.tta,
         max_rows=args.max_rows,
         workers=args.workers,
@@ -118,6 +126,12 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         hparams = model.validate_hparams(preset.hparams, f"preset {preset.name}")
         source = f"preset {preset.name}" if preset.hparams else "defaults"
     return RunSpec(preset.name, train, preset.augment, hparams, source, extra_models(train, preset))
+
+
+def validated(epoch_val_rows: int) -> str:
+    """How a run validates its epochs, for its first line."""
+    each = f"up to {epoch_val_rows:,} rows of its fold" if epoch_val_rows else "all rows of its fold"
+    return f"each epoch validated on {each}, each fold's model on all"
 
 
 def extra_models(train: TrainConfig, preset: Preset) -> tuple[dict[str, Any], ...]:
@@ -277,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; computes in {spec.train.precision}")  # fmt: skip
+        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; computes in {spec.train.precision}; "
+        f"{validated(spec.train.epoch_val_rows)}")  # fmt: skip
 
     result, durations = train_and_predict(spec, images, labels, dataset.test_images, run_dir, log)
     durations["total"] = time.perf_counter() - started

@@ -199,6 +199,12 @@ def test_a_missing_extra_hparams_file_is_one_line(tmp_path):
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.json" in missing.stderr
 
 
+def test_too_few_rows_to_validate_epochs_on_is_one_line(tmp_path):
+    result = run_submit("--epoch-val-rows", "5", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: --epoch-val-rows 5: 0 (every row) or at least 100")
+
+
 def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
     result = run_submit("--pseudo", "1.5", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--pseudo 1.5" in result.stderr

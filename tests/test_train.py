@@ -124,8 +124,10 @@ def test_a_cleaned_fold_trains_without_the_left_out_rows_and_still_validates_on_
     assert np.array_equal(cleaned.val_index, fold.val_index)  # CV still counts every row
 
 
-def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, **kwargs) -> dict:
-    """train_fold of a tiny model on the first of 2 folds of the demo data: its summary. kwargs go to train_fold."""
+def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, settings: dict | None = None,
+             **kwargs) -> dict:  # fmt: skip
+    """train_fold of a tiny model on the first of 2 folds of the demo data: its summary. `settings` are
+    TrainConfig fields; kwargs go to train_fold."""
     from src import model
     from src.config import AugmentConfig, TrainConfig
 
@@ -134,7 +136,7 @@ def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, **kwar
     tiny = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005,
                                    **(hparams or {})})  # fmt: skip
     return train.train_fold(dataset.train_images, dataset.train_labels, fold, tiny,
-                            TrainConfig(epochs=epochs, patience=epochs), AugmentConfig(), out_dir,
+                            TrainConfig(epochs=epochs, patience=epochs, **(settings or {})), AugmentConfig(), out_dir,
                             train.Progress(1, log=lambda line: None), "[t]", **kwargs)  # fmt: skip
 
 
@@ -166,6 +168,30 @@ def test_a_fold_keeps_its_last_epoch_even_when_an_earlier_one_scored_better(demo
     saved = np.load(tmp_path / "f" / "val_probs.npy").argmax(1)
     labels = data.load(demo_dir).train_labels[np.load(tmp_path / "f" / "val_index.npy")]
     assert np.mean(saved == labels) == pytest.approx(val_acc.iloc[2], abs=1e-6)
+
+
+def test_epochs_are_validated_on_a_fixed_stratified_sample_of_the_fold():
+    labels = np.repeat(np.arange(10), 100)  # 1,000 rows, 100 of each digit
+    fold = train.make_folds(labels, 2, (0,))[0]
+    sample = train.epoch_validation(fold, labels, 100)
+    assert len(sample) == 100 and set(sample) <= set(fold.val_index)
+    assert np.bincount(labels[sample], minlength=10).tolist() == [10] * 10
+    assert np.array_equal(sample, train.epoch_validation(fold, labels, 100))  # the same rows every epoch
+    assert np.array_equal(train.epoch_validation(fold, labels, 0), fold.val_index)
+    assert np.array_equal(train.epoch_validation(fold, labels, 10_000), fold.val_index)
+
+
+def test_each_epoch_is_scored_on_the_sample_and_the_fold_on_all_its_rows(demo_dir, tmp_path):
+    """Accuracies on 50 rows are multiples of 1/50; on the fold's 629 rows they almost never are."""
+    summary = fit_tiny(demo_dir, tmp_path / "f", 3, settings={"epoch_val_rows": 50})
+    per_epoch = pd.read_csv(tmp_path / "f" / "history.csv").val_accuracy.to_numpy()
+    assert np.allclose(per_epoch * 50, np.round(per_epoch * 50), atol=1e-4)
+    val_index = np.load(tmp_path / "f" / "val_index.npy")
+    saved = np.load(tmp_path / "f" / "val_probs.npy")
+    labels = data.load(demo_dir).train_labels[val_index]
+    assert len(saved) == len(val_index) == 629 and summary["epoch_val_rows"] == 50
+    assert summary["val_accuracy"] == pytest.approx(np.mean(saved.argmax(1) == labels), abs=1e-9)
+    assert not np.isclose(summary["val_accuracy"] * 50, round(summary["val_accuracy"] * 50), atol=1e-4)
 
 
 def test_a_warm_start_fine_tunes_the_given_model_instead_of_fresh_weights(demo_dir, tmp_path):
