@@ -112,8 +112,11 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     """
     t = preset.train
     models = t.folds * len(t.seeds)
+    val_rows = train.run_rows(t, n_train) / t.folds
+    each_epoch = min(t.epoch_val_rows or val_rows, val_rows)  # the fold's sample (train.epoch_validation)
     tested = n_test * ((1 + t.tta_rounds) if t.tta else 1)  # the test set, once per model and round
-    predicted = [models * (r.epochs * train.run_rows(t, n_train) / t.folds + tested) for r in train.each_round(t)]
+    # per model and round: the sample after every epoch, then all its validation rows once, then the test set
+    predicted = [models * (r.epochs * each_epoch + val_rows + tested) for r in train.each_round(t)]
     first = train.planned_images(t, n_train, n_test)
     extra = train.planned_images(t, n_train, n_test, final_models=2) - first
     return [(model.validate_hparams(preset.hparams), first, sum(predicted))] + [

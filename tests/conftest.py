@@ -9,6 +9,21 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Session and module fixtures that train or run something for several tests. pyproject runs the suite in two
+# processes (pytest-xdist, --dist loadgroup): the tests of each fixture stay in one of them, so it is made once.
+SHARED = ("demo_run", "demo_submission", "two_seed_tta_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests of each SHARED fixture; put the slow tests first, so that the two processes share
+    them out instead of one of them finishing the last alone."""
+    for item in items:
+        shared = next((name for name in SHARED if name in item.fixturenames), None)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:

@@ -21,6 +21,7 @@ def two_seed_tta_run(demo_dir, tmp_path_factory):
     return next((root / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_every_seed_and_fold_is_a_member(two_seed_tta_run):
     cv = json.loads((two_seed_tta_run / "cv.json").read_text())
     assert cv["models"] == 4 and cv["tta_rounds"] == 4
@@ -29,6 +30,7 @@ def test_every_seed_and_fold_is_a_member(two_seed_tta_run):
     assert oof.shape == (600, 10) and np.allclose(oof.sum(1), 1, atol=1e-4)  # every row predicted, each seed once
 
 
+@pytest.mark.slow
 def test_each_fold_is_scored_by_its_last_epoch(two_seed_tta_run):
     for fold_dir in ensemble.fold_dirs(two_seed_tta_run):
         summary = json.loads((fold_dir / "fold.json").read_text())
@@ -38,6 +40,7 @@ def test_each_fold_is_scored_by_its_last_epoch(two_seed_tta_run):
         assert summary["val_accuracy"] == pytest.approx(history.val_accuracy.iloc[-1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_tta_scores_what_is_submitted(two_seed_tta_run, demo_dir):
     rows = np.load(two_seed_tta_run / "train_rows.npy")
     dataset = data.load(demo_dir)

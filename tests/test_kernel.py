@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from src import kernel, publish
 
@@ -41,6 +42,7 @@ def test_build_needs_a_user(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "kernel-metadata.json").read_text())["id"].startswith("alice/")
 
 
+@pytest.mark.slow
 def test_bundled_script_runs_alone_from_a_temporary_folder(tmp_path, real_slice):
     alone = tmp_path / "alone"
     kernel.build(alone, "alice", "smoke")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from src import config, model, publish, submit
+from src.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,36 +31,55 @@ def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600, env=submit_env())  # fmt: skip
 
 
-def test_demo_run_end_to_end_is_reproducible(tmp_path):
+def submit_here(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """(exit status, what it printed): the main job as run_submit runs it, but in this process, which has
+    TensorFlow imported already (a new process spends 10-15 s of CPU importing it)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("DIGITS_DATA_DIR", "")
+    capsys.readouterr()
+    status = run_cli(submit.main, list(args))
+    return status, capsys.readouterr().out
+
+
+DEMO_ARGS = ("--preset", "smoke", "--folds", "2", "--epochs", "6", "--out", "subs")
+
+
+@pytest.fixture(scope="module")
+def demo_submission(tmp_path_factory) -> tuple[Path, str]:
+    """(the folder it ran in, what it printed): the main job on the demo set, run once as a user runs it."""
+    folder = tmp_path_factory.mktemp("whole")
+    result = run_submit(*DEMO_ARGS, cwd=folder)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder, result.stdout
+
+
+@pytest.mark.slow
+def test_demo_run_end_to_end_is_reproducible(demo_submission, tmp_path, monkeypatch, capsys):
     """No competition data: the main job says so, trains on the demo set and writes a valid submission."""
-    args = ["--preset", "smoke", "--folds", "2", "--epochs", "6", "--out", "subs"]
-    first = run_submit(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "no competition data found" in first.stdout
-    assert "epoch 6/6" in first.stdout and "ETA" in first.stdout
-    written = sorted((tmp_path / "subs").glob("*_smoke_demo_cv*.csv"))
+    folder, printed = demo_submission
+    assert "no competition data found" in printed
+    assert "epoch 6/6" in printed and "ETA" in printed
+    written = sorted((folder / "subs").glob("*_smoke_demo_cv*.csv"))
     assert len(written) == 1
     meta = json.loads(written[0].with_suffix(".json").read_text())
     assert meta["data"]["demo"] is True and len(meta["cv_per_fold"]) == 2
     assert meta["cv_accuracy"] > 0.5  # six short epochs on 1,258 digits: far above chance (0.1)
-    frame = pd.read_csv(tmp_path / "subs" / "submission.csv")
+    frame = pd.read_csv(folder / "subs" / "submission.csv")
     publish.validate_submission(frame, 539)
 
-    second = run_submit(*args, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
+    shutil.copytree(folder / "subs", tmp_path / "subs")
+    assert submit_here(*DEMO_ARGS, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
     again = sorted((tmp_path / "subs").glob("*_smoke_demo_cv*.csv"))
     assert len(again) == 2  # a new file: the first one is kept
     assert again[0].read_text() == again[1].read_text()  # same seed and preset -> same submission
 
 
-def test_kill_9_mid_fold_then_resume_gives_the_same_submission(tmp_path):
-    args = ["--preset", "smoke", "--folds", "2", "--epochs", "3", "--out", "subs"]
-    (tmp_path / "whole").mkdir()
-    whole = run_submit(*args, cwd=tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
+@pytest.mark.slow
+def test_kill_9_mid_fold_then_resume_gives_the_same_submission(demo_submission, tmp_path, monkeypatch, capsys):
+    whole, _ = demo_submission
     killed = tmp_path / "killed"
     killed.mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "src.submit", *args], cwd=killed, env=submit_env(),
+    process = subprocess.Popen([sys.executable, "-m", "src.submit", *DEMO_ARGS], cwd=killed, env=submit_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     history = None
     deadline = time.time() + 300
@@ -72,17 +94,13 @@ def test_kill_9_mid_fold_then_resume_gives_the_same_submission(tmp_path):
     assert not (history.parent / "model.keras").exists()  # killed mid-fold: resume trains that fold again
     assert not (killed / "subs").exists()
     run_dir = history.parent.parent
-    resumed = run_submit("--resume", run_dir.name, "--out", "subs", cwd=killed)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "fold 1/2] finished earlier" in resumed.stdout
-    assert (killed / "subs" / "submission.csv").read_text() == (
-        tmp_path / "whole" / "subs" / "submission.csv"
-    ).read_text()
+    status, printed = submit_here("--resume", run_dir.name, "--out", "subs", cwd=killed, monkeypatch=monkeypatch,
+                                  capsys=capsys)  # fmt: skip
+    assert status == 0 and "fold 1/2] finished earlier" in printed
+    assert (killed / "subs" / "submission.csv").read_text() == (whole / "subs" / "submission.csv").read_text()
 
 
 def test_resume_of_a_damaged_or_foreign_run_is_one_line(tmp_path, capsys):
-    from src.errors import run_cli
-
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{not json")
@@ -123,11 +141,11 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, demo_dir):
     assert not (tmp_path / "submissions").exists()
 
 
+@pytest.mark.slow
 def test_smoke_on_a_slice_of_the_real_data(real_slice, tmp_path):
-    result = run_submit(
-        "--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "15", "--out", "subs", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    argv = ["--data-dir", str(real_slice), "--preset", "smoke", "--epochs", "15", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "subs")]  # fmt: skip
+    assert submit.main(argv) == 0  # in this process: the demo tests above run the command itself
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_cv*.json")).read_text())
     assert meta["data"]["demo"] is False and meta["data"]["hashes"]
     assert meta["cv_accuracy"] > 0.8  # 1,500 real digits, 2 folds of 750, 15 epochs of 6 batches
@@ -145,17 +163,18 @@ def test_a_preset_can_point_at_a_committed_tuned_file(tmp_path, monkeypatch):
     assert spec.hparams["dense"] == 256 and spec.hparams_source == str(tuned)
 
 
-def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
+@pytest.mark.slow
+def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, monkeypatch, capsys):
     """Round 2 trains on train + sure test rows (less --clean's rows), with a second, different model per fold;
     with --warm its first model fine-tunes round 1's model of the fold for --pseudo-epochs."""
     (tmp_path / "small.json").write_text(json.dumps({"filters": [8, 16], "convs_per_block": 1}))
-    result = run_submit("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--clean",
-                        "--warm", "--pseudo-epochs", "3", "--extra-hparams", "small.json", "--out", "subs",
-                        cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "round 2 also trains on the test images" in result.stdout and "pseudo-labelled test images" in result.stdout
-    left_out = int(re.search(r"round 2 leaves out (\d+) training rows", result.stdout).group(1))
-    etas = [line.rsplit("ETA ", 1)[1] for line in result.stdout.splitlines() if "/epoch, ETA " in line]
+    status, printed = submit_here("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5", "--clean",
+                                  "--warm", "--pseudo-epochs", "3", "--extra-hparams", "small.json", "--out", "subs",
+                                  cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    assert status == 0, printed[-2000:]
+    assert "round 2 also trains on the test images" in printed and "pseudo-labelled test images" in printed
+    left_out = int(re.search(r"round 2 leaves out (\d+) training rows", printed).group(1))
+    etas = [line.rsplit("ETA ", 1)[1] for line in printed.splitlines() if "/epoch, ETA " in line]
     assert len(etas) == 2 * 6 + 2 * 2 * 3 and etas[-1] == "0s"  # one ETA over both rounds (round 2: two models)
     meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
     run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
@@ -183,8 +202,9 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path):
         both = [np.load(run / f"{m}seed0_fold{k}" / "val_probs.npy") for m in ("", "m1_")]
         val_index = np.load(run / f"seed0_fold{k}" / "val_index.npy")
         np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], (both[0] + both[1]) / 2, atol=1e-6)
-    again = run_submit("--resume", str(run), "--out", "subs", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("finished earlier") == 6  # round 1's two, round 2's four
+    status, printed = submit_here("--resume", str(run), "--out", "subs", cwd=tmp_path, monkeypatch=monkeypatch,
+                                  capsys=capsys)  # fmt: skip
+    assert status == 0 and printed.count("finished earlier") == 6  # round 1's two, round 2's four
 
 
 def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():

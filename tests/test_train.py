@@ -49,6 +49,7 @@ def test_the_eta_of_a_pseudo_label_run_covers_both_rounds_and_their_longer_epoch
     assert lines[-1].endswith("ETA 34m54s")
 
 
+@pytest.mark.slow
 def test_bench_reports_throughput_as_json(demo_dir, capsys):
     import json
 
@@ -74,7 +75,10 @@ def test_preset_images_counts_every_fold_seed_and_epoch():
     [(hparams, trained, predicted)] = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
     assert hparams["filters"] == PRESETS["fast"].hparams["filters"]
     assert trained == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
-    assert predicted == 3 * 8 * 14_000 + 3 * 28_000  # validation every epoch, then the test set per model
+    # per model: 2,000 of its 14,000 validation rows every epoch, all of them once, then the test set
+    assert predicted == 3 * (8 * 2_000 + 14_000 + 28_000)
+    every_row = dataclasses.replace(PRESETS["fast"], train=dataclasses.replace(PRESETS["fast"].train, epoch_val_rows=0))
+    assert bench.preset_images(every_row, 42_000, 28_000)[0][2] == 3 * (8 * 14_000 + 14_000 + 28_000)
 
 
 def test_preset_images_count_the_pseudo_label_round_and_the_extra_model():
@@ -140,6 +144,7 @@ def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, settin
                             train.Progress(1, log=lambda line: None), "[t]", **kwargs)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_with_ema_each_epoch_is_validated_and_kept_with_the_averaged_weights(demo_dir, tmp_path):
     """EMA momentum 0.9999 over a few steps keeps the averaged weights near their random start: if the saved
     model held the raw weights instead, it would be as good as the raw one."""
@@ -194,6 +199,7 @@ def test_each_epoch_is_scored_on_the_sample_and_the_fold_on_all_its_rows(demo_di
     assert not np.isclose(summary["val_accuracy"] * 50, round(summary["val_accuracy"] * 50), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_warm_start_fine_tunes_the_given_model_instead_of_fresh_weights(demo_dir, tmp_path):
     """One epoch from a trained fold's weights is far better than one epoch from fresh ones."""
     trained = fit_tiny(demo_dir, tmp_path / "trained", 5)

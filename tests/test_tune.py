@@ -36,6 +36,7 @@ def test_deep_valid_stacks_switch_to_same_padding():
     assert hparams["padding"] == "same" and len(hparams["filters"]) == 3
 
 
+@pytest.mark.slow
 def test_two_trial_search_writes_hparams_that_submit_accepts(demo_dir, tmp_path, capsys):
     out = tmp_path / "search"
     argv = ["--preset", "smoke", "--tuner", "random", "--max-trials", "2", "--epochs", "1", "--max-rows", "400",
@@ -98,6 +99,7 @@ def starts(out) -> list[str]:
     return re.findall(r"\] trial (\d+) starts", logs)
 
 
+@pytest.mark.slow
 def test_a_chief_and_two_workers_run_every_trial_exactly_once(demo_dir, tmp_path):
     out = tmp_path / "dist"
     search = run_local_search(out, demo_dir, "--max-trials", "4", "--epochs", "1", "--max-rows", "300")
@@ -112,6 +114,7 @@ def test_a_chief_and_two_workers_run_every_trial_exactly_once(demo_dir, tmp_path
     assert re.search(r"\d+ trials/hour", printed)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_trial(demo_dir, tmp_path):
     out = tmp_path / "killed"
     search = run_local_search(out, demo_dir, "--max-trials", "3", "--epochs", "3", "--max-rows", "600")
@@ -147,6 +150,7 @@ def test_malformed_hparams_file_is_refused_naming_the_key(tmp_path):
         submit.spec_from_args(submit.parse_args(["--hparams", str(bad)]))
 
 
+@pytest.mark.slow
 def test_hyperband_sets_the_epochs_of_each_trial(demo_dir, tmp_path):
     out = tmp_path / "hb"
     argv = ["--preset", "smoke", "--tuner", "hyperband", "--epochs", "2", "--max-rows", "300", "--folds", "2",
