@@ -68,7 +68,8 @@ def test_demo_run_end_to_end_is_reproducible(demo_submission, tmp_path, monkeypa
     publish.validate_submission(frame, 539)
 
     shutil.copytree(folder / "subs", tmp_path / "subs")
-    assert submit_here(*DEMO_ARGS, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)[0] == 0
+    status, printed = submit_here(*DEMO_ARGS, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 0, printed[-2000:]
     again = sorted((tmp_path / "subs").glob("*_smoke_demo_cv*.csv"))
     assert len(again) == 2  # a new file: the first one is kept
     assert again[0].read_text() == again[1].read_text()  # same seed and preset -> same submission
@@ -96,7 +97,7 @@ def test_kill_9_mid_fold_then_resume_gives_the_same_submission(demo_submission, 
     run_dir = history.parent.parent
     status, printed = submit_here("--resume", run_dir.name, "--out", "subs", cwd=killed, monkeypatch=monkeypatch,
                                   capsys=capsys)  # fmt: skip
-    assert status == 0 and "fold 1/2] finished earlier" in printed
+    assert status == 0 and "fold 1/2] finished earlier" in printed, printed[-2000:]
     assert (killed / "subs" / "submission.csv").read_text() == (whole / "subs" / "submission.csv").read_text()
 
 
@@ -204,7 +205,7 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, 
         np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], (both[0] + both[1]) / 2, atol=1e-6)
     status, printed = submit_here("--resume", str(run), "--out", "subs", cwd=tmp_path, monkeypatch=monkeypatch,
                                   capsys=capsys)  # fmt: skip
-    assert status == 0 and printed.count("finished earlier") == 6  # round 1's two, round 2's four
+    assert status == 0 and printed.count("finished earlier") == 6, printed[-2000:]  # round 1's two, round 2's four
 
 
 def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():
