@@ -32,13 +32,14 @@ def run_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def submit_here(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
-    """(exit status, what it printed): the main job as run_submit runs it, but in this process, which has
-    TensorFlow imported already (a new process spends 10-15 s of CPU importing it)."""
+    """(exit status, what it printed on stdout then stderr): the main job as run_submit runs it, but in this
+    process, which has TensorFlow imported already (a new process spends 10-15 s of CPU importing it)."""
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("DIGITS_DATA_DIR", "")
     capsys.readouterr()
     status = run_cli(submit.main, list(args))
-    return status, capsys.readouterr().out
+    printed = capsys.readouterr()
+    return status, printed.out + printed.err  # a failure's one-line error is on stderr
 
 
 DEMO_ARGS = ("--preset", "smoke", "--folds", "2", "--epochs", "6", "--out", "subs")
