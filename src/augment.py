@@ -1,4 +1,9 @@
-"""Random affine and distortion of training digits (albumentations), fed to Keras by tf.data.
+"""Random affine and distortion of training digits, fed to Keras by tf.data.
+
+The affine, on in every preset, is drawn for a whole batch at once with numpy and applied by cv2.warpAffine,
+drawn as albumentations' Affine draws it: albumentations called once per image spent about 0.25 ms on each
+28x28 digit, and the kit trained 15% below plain model.fit on two cores (README, "Augmentation, batched").
+The optional distortions (elastic, coarse dropout) are albumentations'.
 
 Every batch is a pure function of (seed, global step): the same seed gives the same batches whatever
 the number of worker threads, so a run is reproducible on CPU.
@@ -14,24 +19,56 @@ import numpy as np
 
 from src.config import AugmentConfig
 
+SIDE = 28
+CENTER = SIDE / 2 - 0.5  # the pixel grid's centre, albumentations' rotation centre
 
-def build_pipeline(config: AugmentConfig, strength: float = 1.0) -> A.Compose:
-    """The albumentations pipeline for one 28x28 uint8 digit. No flips: a mirrored 2 is not a 2.
 
-    `strength` scales the affine ranges (0 turns them off); it is the tunable `aug_strength` hyperparameter.
+def affine_matrices(
+    rotate_deg: np.ndarray,
+    scale: np.ndarray,
+    shift_px: np.ndarray,
+    shear_deg: np.ndarray,
+) -> np.ndarray:
+    """Forward maps float64 [N, 2, 3] (source pixel -> output pixel) about the image centre, composed as
+    albumentations' Affine composes them: scale, then rotate, shear, translate.
+
+    rotate_deg [N]; scale, shift_px and shear_deg [N, 2] (x, y).
     """
+    theta = np.deg2rad(rotate_deg)
+    cos, sin = np.cos(theta), np.sin(theta)
+    rotate_scale = np.empty((len(theta), 2, 2))
+    rotate_scale[:, 0, 0], rotate_scale[:, 0, 1] = cos * scale[:, 0], sin * scale[:, 1]
+    rotate_scale[:, 1, 0], rotate_scale[:, 1, 1] = -sin * scale[:, 0], cos * scale[:, 1]
+    shear = np.ones((len(theta), 2, 2))
+    shear[:, 0, 1], shear[:, 1, 0] = np.tan(np.deg2rad(shear_deg)).T
+    linear = shear @ rotate_scale
+    offset = shift_px + CENTER - linear @ np.full(2, CENTER)
+    return np.concatenate([linear, offset[..., None]], axis=2)
+
+
+def random_affines(n: int, config: AugmentConfig, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """float64 [n, 2, 3]: each parameter uniform in its range scaled by `strength`, x and y drawn apart;
+    shifts in whole pixels, truncated toward zero, as albumentations draws them."""
     s = strength
-    transforms = [
-        A.Affine(
-            rotate=(-config.rotate_deg * s, config.rotate_deg * s),
-            scale=(1 - config.scale * s, 1 + config.scale * s),
-            translate_percent=(-config.shift * s, config.shift * s),
-            shear=(-config.shear_deg * s, config.shear_deg * s),
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            p=1.0,
-        )
-    ]
+    rotate = rng.uniform(-config.rotate_deg * s, config.rotate_deg * s, n)
+    scale = rng.uniform(1 - config.scale * s, 1 + config.scale * s, (n, 2))
+    shift = np.trunc(rng.uniform(-config.shift * s, config.shift * s, (n, 2)) * SIDE)
+    shear = rng.uniform(-config.shear_deg * s, config.shear_deg * s, (n, 2))
+    return affine_matrices(rotate, scale, shift, shear)
+
+
+def warp(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """uint8 [N, 28, 28] -> uint8 [N, 28, 28]: each image moved by its matrix [N, 2, 3], bilinear, black outside."""
+    out = np.empty_like(images)
+    for i, (image, matrix) in enumerate(zip(images, matrices)):
+        out[i] = cv2.warpAffine(image, matrix, (SIDE, SIDE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return out
+
+
+def build_distortions(config: AugmentConfig) -> A.Compose | None:
+    """The albumentations pipeline of the optional distortions of one digit, None when both are off.
+    No flips anywhere: a mirrored 2 is not a 2."""
+    transforms = []
     if config.elastic_p > 0:
         # Simard et al.'s MNIST setting: sigma 4, alpha 34 on 28x28.
         transforms.append(A.ElasticTransform(alpha=34, sigma=4, border_mode=cv2.BORDER_CONSTANT, p=config.elastic_p))
@@ -41,28 +78,34 @@ def build_pipeline(config: AugmentConfig, strength: float = 1.0) -> A.Compose:
                 num_holes_range=(1, 3), hole_height_range=(3, 6), hole_width_range=(3, 6), p=config.dropout_p
             )
         )
-    return A.Compose(transforms, strict=False)
+    return A.Compose(transforms, strict=False) if transforms else None
 
 
 class Augmenter:
-    """Callable: (images uint8 [B, 28, 28], seed) -> augmented uint8 [B, 28, 28]. Thread-safe."""
+    """Callable: (images uint8 [B, 28, 28], seed) -> augmented uint8 [B, 28, 28]. Thread-safe.
+
+    `strength` scales the affine ranges (0 turns the affine off); it is the tunable `aug_strength` hyperparameter.
+    """
 
     def __init__(self, config: AugmentConfig, strength: float = 1.0):
         self.config = config
         self.strength = strength
         self.local = threading.local()  # albumentations pipelines keep RNG state: one per thread
 
-    def pipeline(self) -> A.Compose:
-        if not hasattr(self.local, "pipeline"):
-            self.local.pipeline = build_pipeline(self.config, self.strength)
-        return self.local.pipeline
+    def distortions(self) -> A.Compose | None:
+        if not hasattr(self.local, "distortions"):
+            self.local.distortions = build_distortions(self.config)
+        return self.local.distortions
 
     def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
-        if self.strength == 0 and self.config.elastic_p == 0 and self.config.dropout_p == 0:
-            return images
-        pipeline = self.pipeline()
-        pipeline.set_random_seed(seed)
-        return np.stack([pipeline(image=image)["image"] for image in images])
+        out = images
+        if self.strength > 0:
+            out = warp(images, random_affines(len(images), self.config, self.strength, np.random.default_rng(seed)))
+        distortions = self.distortions()
+        if distortions is not None:
+            distortions.set_random_seed(seed)
+            out = np.stack([distortions(image=image)["image"] for image in out])
+        return out
 
 
 def batch_seed(seed: int, step: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
 
 from src import augment, data
@@ -34,11 +36,45 @@ def test_strength_zero_is_the_identity(demo_dir):
     np.testing.assert_array_equal(augment.Augmenter(AugmentConfig(), strength=0)(images, 3), images)
 
 
-def test_never_flips():
-    pipeline = augment.build_pipeline(AugmentConfig(elastic_p=1, dropout_p=1))
+def test_the_affine_is_albumentations_affine_drawn_for_the_whole_batch(demo_dir):
+    images, _ = digits(demo_dir, 32)
+    reference = A.Affine(
+        rotate=(12, 12),
+        scale={"x": (1.1, 1.1), "y": (0.92, 0.92)},
+        translate_percent={"x": (0.1, 0.1), "y": (-0.05, -0.05)},  # 2.8 and -1.4 pixels: albumentations truncates
+        shear={"x": (6, 6), "y": (-3, -3)},  # and negates the shear it draws
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        p=1,
+    )
+    n = len(images)
+    matrices = augment.affine_matrices(
+        np.full(n, 12.0), np.tile([1.1, 0.92], (n, 1)), np.tile([2.0, -1.0], (n, 1)), np.tile([-6.0, 3.0], (n, 1))
+    )
+    expected = np.stack([reference(image=image)["image"] for image in images])
+    np.testing.assert_array_equal(augment.warp(images, matrices), expected)
+
+
+def test_random_affines_stay_in_their_ranges():
+    config = AugmentConfig(rotate_deg=10, scale=0.1, shift=0.1, shear_deg=0)
+    matrices = augment.random_affines(2000, config, 0.5, np.random.default_rng(0))
+    linear, offset = matrices[:, :, :2], matrices[:, :, 2]
+    # Pure scale and rotation: the columns' lengths are the scales, within 1 -+ 0.05.
+    scales = np.linalg.norm(linear, axis=1)
+    assert 0.95 <= scales.min() and scales.max() <= 1.05 and scales.std() > 0.02
+    angles = np.degrees(np.arctan2(linear[:, 0, 1], linear[:, 1, 1]))
+    assert np.abs(angles).max() <= 5 and np.abs(angles).max() > 4.5
+    # The shift, what moves the centre, is whole pixels: 0.05 of 28 is 1.4, truncated to -1, 0 or 1.
+    shift = offset + linear @ np.full(2, augment.CENTER) - augment.CENTER
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
+    assert set(np.round(shift).ravel()) == {-1.0, 0.0, 1.0}
+
+
+def test_distortions_are_optional_and_never_flip():
+    assert augment.build_distortions(AugmentConfig()) is None
+    pipeline = augment.build_distortions(AugmentConfig(elastic_p=1, dropout_p=1))
     names = [type(t).__name__ for t in pipeline.transforms]
-    assert names == ["Affine", "ElasticTransform", "CoarseDropout"]
-    assert not any("Flip" in name or "Transpose" in name for name in names)
+    assert names == ["ElasticTransform", "CoarseDropout"]  # no Flip, no Transpose: a mirrored 2 is not a 2
 
 
 def test_training_batches_cover_each_epoch_once_with_labels_kept(demo_dir):
