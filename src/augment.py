@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from src.config import AugmentConfig
+from src.data import SIDE
 
-SIDE = 28
 CENTER = SIDE / 2 - 0.5  # the pixel grid's centre, albumentations' rotation centre
 
 
