@@ -150,7 +150,11 @@ def training_batches(
 
     dataset = tf.data.Dataset.range(steps * epochs)
     dataset = dataset.map(tf_batch, num_parallel_calls=max(1, workers), deterministic=True)
-    return dataset.prefetch(max(2, workers))
+    # The parallelism is fixed above, so tf.data's autotuner has nothing to tune; left on, its thread made each
+    # fit end 7-50 s late (the iterator's deletion waits for the thread's next wake-up, and its period grows).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(max(2, workers)).with_options(options)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

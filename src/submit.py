@@ -268,6 +268,10 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
 
 
+def more_models(extra: int) -> str:
+    return f" and {extra} more model{'s' if extra > 1 else ''} per fold" if extra else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
@@ -291,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}; computes in {spec.train.precision}; "
+        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}{more_models(len(spec.extra_hparams))}; "
+        f"computes in {spec.train.precision}; "
         f"{validated(spec.train.epoch_val_rows)}")  # fmt: skip
 
     result, durations = train_and_predict(spec, images, labels, dataset.test_images, run_dir, log)

@@ -175,6 +175,7 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, 
                                   cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
     assert status == 0, printed[-2000:]
     assert "round 2 also trains on the test images" in printed and "pseudo-labelled test images" in printed
+    assert "and 1 more model per fold;" in printed.split("run: ", 1)[1].splitlines()[0]
     left_out = int(re.search(r"round 2 leaves out (\d+) training rows", printed).group(1))
     etas = [line.rsplit("ETA ", 1)[1] for line in printed.splitlines() if "/epoch, ETA " in line]
     assert len(etas) == 2 * 6 + 2 * 2 * 3 and etas[-1] == "0s"  # one ETA over both rounds (round 2: two models)
@@ -209,11 +210,14 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, 
     assert status == 0 and printed.count("finished earlier") == 6, printed[-2000:]  # round 1's two, round 2's four
 
 
-def test_full_adds_the_tuned_model_and_extra_hparams_with_no_file_removes_it():
+def test_presets_add_their_second_model_and_extra_hparams_with_no_file_removes_it():
     full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
     assert [h["filters"] for h in full.extra_hparams] == [config.TUNED["filters"]]
     assert submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams"])).extra_hparams == ()
-    assert submit.spec_from_args(submit.parse_args(["--preset", "fast"])).extra_hparams == ()
+    fast = submit.spec_from_args(submit.parse_args(["--preset", "fast"]))
+    assert fast.hparams == model.validate_hparams(config.TUNED)
+    assert [h["filters"] for h in fast.extra_hparams] == [config.TUNED_3BLOCKS["filters"]]
+    assert submit.spec_from_args(submit.parse_args(["--preset", "smoke"])).extra_hparams == ()
 
 
 def test_a_missing_extra_hparams_file_is_one_line(tmp_path):

@@ -72,11 +72,12 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
 def test_preset_images_counts_every_fold_seed_and_epoch():
     from src import bench
 
-    [(hparams, trained, predicted)] = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
-    assert hparams["filters"] == PRESETS["fast"].hparams["filters"]
-    assert trained == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
+    # fast: two different models per fold, each timed at its own rate
+    (first, trained, predicted), (second, trained_2, predicted_2) = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
+    assert first["filters"] == config.TUNED["filters"] and second["filters"] == config.TUNED_3BLOCKS["filters"]
+    assert trained == trained_2 == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
     # per model: 2,000 of its 14,000 validation rows every epoch, all of them once, then the test set
-    assert predicted == 3 * (8 * 2_000 + 14_000 + 28_000)
+    assert predicted == predicted_2 == 3 * (8 * 2_000 + 14_000 + 28_000)
     every_row = dataclasses.replace(PRESETS["fast"], train=dataclasses.replace(PRESETS["fast"].train, epoch_val_rows=0))
     assert bench.preset_images(every_row, 42_000, 28_000)[0][2] == 3 * (8 * 14_000 + 14_000 + 28_000)
 
