@@ -107,7 +107,7 @@ PRESETS: dict[str, Preset] = {
     # on a small slice, validation sits at chance while BatchNorm warms up, and early stopping must not end it there.
     "smoke": Preset("smoke", TrainConfig(folds=2, seeds=(0,), epochs=2, patience=10), AugmentConfig(), SLIM),
     # The default: a CPU-sized K-fold ensemble of two different cheap models per fold (TUNED, TUNED_3BLOCKS),
-    # averaged, in about ten minutes on two cores.
+    # averaged: CV 0.99464 in 12 minutes on two cores with bfloat16 (README).
     "fast": Preset(
         "fast",
         TrainConfig(folds=3, seeds=(0,), epochs=8, patience=8),

@@ -102,7 +102,7 @@ def test_batches_do_not_depend_on_worker_count(demo_dir):
 
 
 def test_batches_leave_tf_data_autotune_off(demo_dir):
-    """The pipeline's parallelism is fixed; tf.data's autotuner left on made every fold's fit end 7-50 s late
+    """The pipeline's parallelism is fixed; tf.data's autotuner left on made many fits end 7-50 s late
     (deleting the iterator waits for the tuner thread's next wake-up), so it is off."""
     images, labels = digits(demo_dir, 64)
     batches = augment.training_batches(images, labels, 32, 1, AugmentConfig(), 1.0, seed=0, workers=2)
