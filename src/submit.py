@@ -134,6 +134,11 @@ def validated(epoch_val_rows: int) -> str:
     return f"each epoch validated on {each}, each fold's model on all"
 
 
+def more_models_per_fold(extra: int) -> str:
+    """The models a fold trains beside the first (extra_models), for the run's first line; "" when none."""
+    return f" and {extra} more model{'s' if extra > 1 else ''} per fold" if extra else ""
+
+
 def extra_models(train: TrainConfig, preset: Preset) -> tuple[dict[str, Any], ...]:
     """The final round's further models: from --extra-hparams files when given, else the preset's."""
     if train.extra_hparams is not None:
@@ -268,10 +273,6 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
 
 
-def more_models(extra: int) -> str:
-    return f" and {extra} more model{'s' if extra > 1 else ''} per fold" if extra else ""
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs_dir = Path(args.runs_dir)
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = publish.timestamp()
     run_dir = run_dir or new_run(runs_dir, spec, stamp, source, rows)
     log(f"run: {run_dir} | preset {spec.preset}: {spec.train.folds} folds x seeds {list(spec.train.seeds)}, "
-        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}{more_models(len(spec.extra_hparams))}; "
+        f"{spec.train.epochs} epochs, hparams {spec.hparams_source}{more_models_per_fold(len(spec.extra_hparams))}; "
         f"computes in {spec.train.precision}; "
         f"{validated(spec.train.epoch_val_rows)}")  # fmt: skip
 
