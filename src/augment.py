@@ -126,8 +126,10 @@ def training_batches(
     strength: float,
     seed: int,
     workers: int = 1,
+    outputs: int = 1,
 ):
-    """tf.data.Dataset of (uint8 [B, 28, 28, 1], int32 [B]) for `epochs` shuffled, augmented epochs.
+    """tf.data.Dataset of (uint8 [B, 28, 28, 1], int32 [B]) for `epochs` shuffled, augmented epochs; with
+    `outputs` > 1 the labels come as a tuple of that many copies (one per output of a model.joint_model).
 
     Augmentation runs in `workers` tf.data threads while the model trains on earlier batches
     (cv2 releases the GIL); batches come out in order, so results do not depend on `workers`.
@@ -146,7 +148,7 @@ def training_batches(
         x, y = tf.numpy_function(make_batch, [step], (tf.uint8, tf.int32), stateful=False)
         x.set_shape((None, 28, 28, 1))
         y.set_shape((None,))
-        return x, y
+        return x, (y if outputs == 1 else (y,) * outputs)
 
     dataset = tf.data.Dataset.range(steps * epochs)
     dataset = dataset.map(tf_batch, num_parallel_calls=max(1, workers), deterministic=True)

@@ -4,7 +4,8 @@
 
 Same model, same batch size, same optimizer; each fit runs two epochs over N images and the second
 epoch is timed (the first pays for tracing). Also times augmentation alone (one thread) and, from
-the measured rates of each preset's own model, projects each preset's wall time on this machine.
+the measured rates of each preset's own models (those a fold trains together timed together), projects each
+preset's wall time on this machine.
 With --json the last line holds every figure: plain_fit_images_per_s, kit_train_images_per_s,
 predict_images_per_s, augment_images_per_s_per_thread, gpu_20k_cores, projected_minutes, cpu, precision.
 """
@@ -48,11 +49,10 @@ def cpu_model() -> str:
     return precision.cpuinfo("model name") or platform.processor() or "unknown"
 
 
-def fresh_model(hparams: dict, steps: int, computes_in: str):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return model.compile_model(model.build_model(hparams, computes_in), hparams, 2 * steps, steps, computes_in)
+def fresh_model(models: list[dict], steps: int, computes_in: str):
+    """`models` (hyperparameters) compiled as src/train.py trains them: one model, or several together."""
+    net, _ = train.fresh_net(models, computes_in, seed=0)
+    return model.compile_model(net, models[0], 2 * steps, steps, computes_in, outputs=len(models))
 
 
 def fit_seconds(
@@ -62,7 +62,7 @@ def fit_seconds(
     plain, kit = float("inf"), float("inf")
     for _ in range(repeats):  # alternate, so that neither side gains from running second
         plain = min(plain, plain_seconds(images, labels, hparams, computes_in))
-        kit = min(kit, kit_seconds(images, labels, hparams, workers, AugmentConfig(), computes_in))
+        kit = min(kit, kit_seconds(images, labels, [hparams], workers, AugmentConfig(), computes_in))
     return plain, kit
 
 
@@ -70,21 +70,24 @@ def plain_seconds(images: np.ndarray, labels: np.ndarray, hparams: dict, compute
     """Seconds of model.fit's second epoch on in-memory arrays."""
     batch = hparams["batch_size"]
     arrays = {"x": images[..., None], "y": labels, "batch_size": batch}
-    return second_epoch_seconds(fresh_model(hparams, augment.steps_per_epoch(len(images), batch), computes_in), arrays)
+    steps = augment.steps_per_epoch(len(images), batch)
+    return second_epoch_seconds(fresh_model([hparams], steps, computes_in), arrays)
 
 
 def kit_seconds(
-    images: np.ndarray, labels: np.ndarray, hparams: dict, workers: int, config: AugmentConfig, computes_in: str
+    images: np.ndarray, labels: np.ndarray, models: list[dict], workers: int, config: AugmentConfig, computes_in: str
 ) -> float:
-    """Seconds of the second epoch through the kit's augmented tf.data pipeline."""
-    batch = hparams["batch_size"]
+    """Seconds of the second epoch through the kit's augmented tf.data pipeline, training `models` together."""
+    recipe = models[0]
+    batch = recipe["batch_size"]
     steps = augment.steps_per_epoch(len(images), batch)
-    batches = augment.training_batches(images, labels, batch, 2, config, hparams["aug_strength"], 0, workers)
-    return second_epoch_seconds(fresh_model(hparams, steps, computes_in), {"x": batches, "steps_per_epoch": steps})
+    batches = augment.training_batches(images, labels, batch, 2, config, recipe["aug_strength"], 0, workers,
+                                       outputs=len(models))  # fmt: skip
+    return second_epoch_seconds(fresh_model(models, steps, computes_in), {"x": batches, "steps_per_epoch": steps})
 
 
 def predict_seconds(hparams: dict, test: np.ndarray, computes_in: str) -> float:
-    net = fresh_model(hparams, 1, computes_in)
+    net = fresh_model([hparams], 1, computes_in)
     net.predict(test[:512, ..., None], batch_size=512, verbose=0)  # the first call pays for tracing
     start = time.perf_counter()
     net.predict(test[..., None], batch_size=512, verbose=0)
@@ -104,11 +107,13 @@ def augment_images_per_s(images: np.ndarray, hparams: dict, config: AugmentConfi
     return len(images) / best
 
 
-def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[str, Any], float, float]]:
-    """(hparams, images trained, images predicted) of each of `preset`'s models over a whole run that never
-    stops early: the first model trains every round, an extra model the final round only.
+def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[list[dict[str, Any]], float, float]]:
+    """(hyperparameters of models that train together, images each of them trains, images each predicts) over a
+    whole run of `preset` that never stops early.
 
-    A preset with pseudo-labels runs twice: round 2 trains each fold on its rows plus most test images.
+    A preset with pseudo-labels runs twice: round 1 trains the first model alone; round 2, the final round, trains
+    each fold on its rows plus most test images. The final round trains the first model and the extra ones, those
+    of one recipe together (train.recipe_groups).
     """
     t = preset.train
     models = t.folds * len(t.seeds)
@@ -118,22 +123,23 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[dict[
     # per model and round: the sample after every epoch, then all its validation rows once, then the test set
     predicted = [models * (r.epochs * each_epoch + val_rows + tested) for r in train.each_round(t)]
     first = train.planned_images(t, n_train, n_test)
-    extra = train.planned_images(t, n_train, n_test, final_models=2) - first
-    return [(model.validate_hparams(preset.hparams), first, sum(predicted))] + [
-        (model.validate_hparams(h), extra, predicted[-1]) for h in preset.extra_hparams
-    ]
+    final = train.planned_images(t, n_train, n_test, final_models=2) - first  # one model's final round
+    hparams = [model.validate_hparams(h) for h in (preset.hparams, *preset.extra_hparams)]
+    earlier = [([hparams[0]], first - final, sum(predicted[:-1]))] if train.rounds(t) > 1 else []
+    return earlier + [([hparams[k] for k in group], final, predicted[-1]) for group in train.recipe_groups(hparams)]
 
 
 def projected_minutes(
     images: np.ndarray, labels: np.ndarray, test: np.ndarray, n_train: int, computes_in: str
 ) -> dict[str, float]:
-    """Each preset's wall time on this machine, from the measured rates of each of the preset's own models."""
+    """Each preset's wall time on this machine, from the measured rates of the preset's own models, each group of
+    models that trains together timed together."""
     minutes = {}
     for name, preset in PRESETS.items():
         seconds = 0.0
-        for hparams, trained, predicted in preset_images(preset, n_train, len(test)):
-            kit = kit_seconds(images, labels, hparams, preset.train.workers, preset.augment, computes_in)
-            predict = predict_seconds(hparams, test, computes_in)
+        for group, trained, predicted in preset_images(preset, n_train, len(test)):
+            kit = kit_seconds(images, labels, group, preset.train.workers, preset.augment, computes_in)
+            predict = sum(predict_seconds(hparams, test, computes_in) for hparams in group)
             seconds += trained * kit / len(images) + predicted * predict / len(test)
         minutes[name] = round(seconds / 60, 2)  # 2 places: on the small demo data smoke takes seconds
     return minutes

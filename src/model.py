@@ -36,6 +36,10 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "label_smoothing": 0.0,
 }
 
+# How a model is trained, as opposed to its architecture: models that agree on all of these train as one
+# joint_model, with one optimizer on one stream of batches (src/train.py).
+RECIPE = ("optimizer", "learning_rate", "schedule", "batch_size", "aug_strength", "ema", "label_smoothing")
+
 CHOICES = {
     "padding": ("valid", "same"),
     "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
@@ -118,7 +122,7 @@ def load_hparams(path: str | Path) -> dict[str, Any]:
     return validate_hparams(values, str(path))
 
 
-def build_model(hparams: dict[str, Any], precision: str = "float32"):
+def build_model(hparams: dict[str, Any], precision: str = "float32", name: str = "digits_cnn"):
     """An uncompiled Keras CNN: uint8 [B, 28, 28, 1] -> class probabilities float32 [B, 10].
 
     `precision` (see src/precision.py) is what the layers compute in; weights and the softmax stay float32.
@@ -147,7 +151,22 @@ def build_model(hparams: dict[str, Any], precision: str = "float32"):
         x = layers.ReLU(dtype=dtype)(x)
         x = layers.Dropout(hparams["dropout"], dtype=dtype)(x)
     outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inputs, outputs, name="digits_cnn")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def joint_model(nets: list):
+    """One model whose outputs are `nets`' probabilities for the same images uint8 [B, 28, 28, 1].
+
+    Compiled with one loss per output (compile_model's `outputs`), it trains every net at once on one stream of
+    batches: the loss is their sum over disjoint weights, so each net gets exactly its own gradients. On two cores
+    an epoch of two nets takes 18% less time than one net after the other: one augmentation pipeline,
+    one step's overhead, fuller cores (README).
+    The nets need distinct names (they name the outputs and their metrics: m0_accuracy, ...).
+    """
+    import keras
+
+    inputs = keras.Input((28, 28, 1), dtype="uint8", name="image")
+    return keras.Model(inputs, [net(inputs) for net in nets], name="joint")
 
 
 def compute_dtype(precision: str) -> str:
@@ -173,7 +192,10 @@ def learning_rate(hparams: dict[str, Any], total_steps: int, steps_per_epoch: in
     )
 
 
-def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_epoch: int, precision: str = "float32"):
+def compile_model(
+    model, hparams: dict[str, Any], total_steps: int, steps_per_epoch: int, precision: str = "float32", outputs: int = 1
+):
+    """`model` compiled with `hparams`' recipe; `outputs` > 1: a joint_model, each output with its own loss."""
     import keras
 
     lr = learning_rate(hparams, total_steps, steps_per_epoch)
@@ -186,7 +208,11 @@ def compile_model(model, hparams: dict[str, Any], total_steps: int, steps_per_ep
     }[hparams["optimizer"]]()
     if precision == "float16":  # float16 gradients underflow without a scaled loss (bfloat16 has float32's range)
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, loss=loss(hparams["label_smoothing"]), metrics=["accuracy"])
+    each = loss(hparams["label_smoothing"])
+    if outputs == 1:
+        model.compile(optimizer=optimizer, loss=each, metrics=["accuracy"])
+    else:
+        model.compile(optimizer=optimizer, loss=[each] * outputs, metrics=[["accuracy"]] * outputs)
     # Built lazily, the optimizer makes its slots while fit traces the first step, which costs 2-3 s a model on
     # two cores (a tenth of a small fit; every fold and test pays it). The slots start at zero either way.
     optimizer.build(model.trainable_variables)

@@ -249,9 +249,8 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     def one_round(folder: Path, pseudo: train.Pseudo | None = None, final: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         settings = train.round_two(spec.train) if pseudo else spec.train
-        for k, hparams in enumerate([spec.hparams, *spec.extra_hparams][: models if final else 1]):
-            train.train_folds(images, labels, hparams, settings, spec.augment, folder, progress, log, pseudo,
-                              prefix=f"m{k}_" if k else "")  # fmt: skip
+        train.train_folds(images, labels, [spec.hparams, *spec.extra_hparams][: models if final else 1], settings,
+                          spec.augment, folder, progress, log, pseudo)  # fmt: skip
         t1 = time.perf_counter()
         result = ensemble.ensemble_run(folder, labels, test_images, images, tta_rounds, spec.augment, log,
                                        spec.train.precision)  # fmt: skip

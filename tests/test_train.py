@@ -72,12 +72,12 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
 def test_preset_images_counts_every_fold_seed_and_epoch():
     from src import bench
 
-    # fast: two different models per fold, each timed at its own rate
-    (first, trained, predicted), (second, trained_2, predicted_2) = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
-    assert first["filters"] == config.TUNED["filters"] and second["filters"] == config.TUNED_3BLOCKS["filters"]
-    assert trained == trained_2 == 3 * 8 * 28_000  # 3 folds, 8 epochs, two thirds of the rows each
-    # per model: 2,000 of its 14,000 validation rows every epoch, all of them once, then the test set
-    assert predicted == predicted_2 == 3 * (8 * 2_000 + 14_000 + 28_000)
+    # fast: two different models per fold with one recipe, so they train together and are timed together
+    [(group, trained, predicted)] = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
+    assert [h["filters"] for h in group] == [config.TUNED["filters"], config.TUNED_3BLOCKS["filters"]]
+    assert trained == 3 * 8 * 28_000  # each of them: 3 folds, 8 epochs, two thirds of the rows each
+    # each of them: 2,000 of its 14,000 validation rows every epoch, all of them once, then the test set
+    assert predicted == 3 * (8 * 2_000 + 14_000 + 28_000)
     every_row = dataclasses.replace(PRESETS["fast"], train=dataclasses.replace(PRESETS["fast"].train, epoch_val_rows=0))
     assert bench.preset_images(every_row, 42_000, 28_000)[0][2] == 3 * (8 * 14_000 + 14_000 + 28_000)
 
@@ -87,15 +87,73 @@ def test_preset_images_count_the_pseudo_label_round_and_the_extra_model():
 
     full = PRESETS["full"]
     once = dataclasses.replace(full, train=dataclasses.replace(full.train, pseudo=0.0), extra_hparams=())
-    [(_, trained_once, predicted_once)] = bench.preset_images(once, 42_000, 28_000)
-    (first, trained, predicted), (extra, trained_extra, predicted_extra) = bench.preset_images(full, 42_000, 28_000)
-    assert trained_once == 5 * 10 * 33_600
+    [([slim], trained_once, predicted_once)] = bench.preset_images(once, 42_000, 28_000)
+    round_one, (first, trained, predicted), (extra, trained_extra, predicted_extra) = bench.preset_images(
+        full, 42_000, 28_000
+    )
+    assert round_one == ([slim], trained_once, predicted_once) and trained_once == 5 * 10 * 33_600
     round_two = 5 * 10 * (33_600 + train.PSEUDO_SHARE * 28_000)
-    assert trained == pytest.approx(trained_once + round_two) and predicted == 2 * predicted_once
-    # the extra model trains round 2 only, with its own hyperparameters
+    assert trained == pytest.approx(round_two) and predicted == predicted_once
+    # the extra model trains round 2 only, with its own recipe: after the first model, not with it
+    assert first == [slim] and len(extra) == 1 and extra[0]["filters"] == config.TUNED["filters"] != slim["filters"]
     assert trained_extra == pytest.approx(round_two) and predicted_extra == predicted_once
-    assert extra["filters"] == config.TUNED["filters"] != first["filters"]
-    assert train.planned_images(full.train, 42_000, 28_000, final_models=2) == pytest.approx(trained + trained_extra)
+    every_model = train.planned_images(full.train, 42_000, 28_000, final_models=2)
+    assert every_model == pytest.approx(trained_once + trained + trained_extra)
+
+
+def test_models_train_together_when_their_recipes_agree():
+    from src import model
+
+    tuned, three_blocks, slim = (model.validate_hparams(h) for h in (config.TUNED, config.TUNED_3BLOCKS, config.SLIM))
+    assert train.recipe_groups([tuned, three_blocks]) == [[0, 1]]  # fast: architectures differ, recipe the same
+    assert train.recipe_groups([slim, tuned]) == [[0], [1]]  # full: another optimizer and schedule
+    assert train.recipe_groups([tuned, slim, three_blocks]) == [[0, 2], [1]]
+    assert train.recipe_groups([tuned, {**three_blocks, "batch_size": 64}]) == [[0], [1]]
+
+
+def fit_tiny_pair(demo_dir, run_dir, epochs: int, **kwargs) -> list[dict]:
+    """train_folds of two tiny models of one recipe (different widths) on 2 folds of the demo data."""
+    from src import model
+    from src.config import AugmentConfig, TrainConfig
+
+    dataset = data.load(demo_dir)
+    tiny = {"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005}
+    pair = [model.validate_hparams(tiny), model.validate_hparams({**tiny, "filters": [12, 12]})]
+    return train.train_folds(dataset.train_images, dataset.train_labels, pair,
+                             TrainConfig(folds=2, epochs=epochs, patience=epochs), AugmentConfig(), run_dir,
+                             train.Progress(1, log=lambda line: None), **kwargs)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_models_trained_together_end_as_each_would_alone(demo_dir, tmp_path):
+    """The joint model's loss is the sum of the models' losses over disjoint weights, and each model is built from
+    the same seed and sees the same batches: its predictions match training it alone."""
+    lines = []
+    summaries = fit_tiny_pair(demo_dir, tmp_path / "run", 2, log=lines.append)
+    names = sorted(s["name"] for s in summaries)
+    assert names == ["m1_seed0_fold0", "m1_seed0_fold1", "seed0_fold0", "seed0_fold1"]
+    assert [line.split(" done:")[0] for line in lines] == [
+        "[model 1/2 seed 0 fold 1/2]", "[m1 model 1/2 seed 0 fold 1/2]",
+        "[model 2/2 seed 0 fold 2/2]", "[m1 model 2/2 seed 0 fold 2/2]",
+    ]  # fmt: skip
+    together = {s["name"]: s for s in summaries}
+    assert together["m1_seed0_fold0"]["trained_with"] == ["seed0_fold0"]
+    alone = fit_tiny(demo_dir, tmp_path / "alone", 2, {"filters": [12, 12]})  # the second model, on fold 0
+    assert together["m1_seed0_fold0"]["val_accuracy"] == alone["val_accuracy"]
+    joint_probs = np.load(tmp_path / "run" / "m1_seed0_fold0" / "val_probs.npy")
+    assert np.array_equal(joint_probs, np.load(tmp_path / "alone" / "val_probs.npy"))  # to the bit
+    # each folder holds its own model and its own curves, under a lone model's names
+    history = pd.read_csv(tmp_path / "run" / "m1_seed0_fold0" / "history.csv")
+    assert list(history.columns) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"] and len(history) == 2
+    assert np.allclose(history.to_numpy(), pd.read_csv(tmp_path / "alone" / "history.csv").to_numpy())
+    # --resume: of a fold with one model left to train, only that one trains
+    (tmp_path / "run" / "seed0_fold1" / "fold.json").unlink()
+    lines.clear()
+    fit_tiny_pair(demo_dir, tmp_path / "run", 2, log=lines.append)
+    assert [line.split(": ")[0] for line in lines] == [
+        "[model 1/2 seed 0 fold 1/2] finished earlier", "[m1 model 1/2 seed 0 fold 1/2] finished earlier",
+        "[m1 model 2/2 seed 0 fold 2/2] finished earlier", "[model 2/2 seed 0 fold 2/2] done",
+    ]  # fmt: skip
 
 
 def test_pseudo_labels_keep_only_the_sure_predictions():
