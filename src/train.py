@@ -329,7 +329,8 @@ def targets(labels: np.ndarray, outputs: int):
 def fold_callbacks(
     out_dir: Path, train: TrainConfig, epoch_line, extra: tuple, ema: bool = False, outputs: int = 1
 ) -> list:
-    """Stop early, log history.csv, TensorBoard and progress (`epoch_line`); a joint model's mean accuracies first."""
+    """Stop early, log history.csv, TensorBoard and progress (`epoch_line`); for a joint model (`outputs` > 1), of
+    the means over its models (mean_metrics_callback, first)."""
     import keras
 
     # With EMA, the averaged weights are swapped in before each validation (and left in at the end of fit).
