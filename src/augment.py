@@ -148,7 +148,7 @@ def training_batches(
         x, y = tf.numpy_function(make_batch, [step], (tf.uint8, tf.int32), stateful=False)
         x.set_shape((None, 28, 28, 1))
         y.set_shape((None,))
-        return x, (y if outputs == 1 else (y,) * outputs)
+        return x, targets(y, outputs)
 
     dataset = tf.data.Dataset.range(steps * epochs)
     dataset = dataset.map(tf_batch, num_parallel_calls=max(1, workers), deterministic=True)
@@ -157,6 +157,11 @@ def training_batches(
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(max(2, workers)).with_options(options)
+
+
+def targets(labels, outputs: int):
+    """What fit takes as the labels int [B] (array or tensor) of a model with `outputs` outputs: one copy each."""
+    return labels if outputs == 1 else (labels,) * outputs
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

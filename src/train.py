@@ -207,26 +207,6 @@ def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return rows, probs[rows].argmax(axis=1).astype(np.int64)
 
 
-def train_fold(
-    images: np.ndarray,
-    labels: np.ndarray,
-    fold: Fold,
-    hparams: dict[str, Any],
-    train: TrainConfig,
-    aug: AugmentConfig,
-    out_dir: Path,
-    progress: Progress,
-    label: str,
-    extra_callbacks: tuple = (),
-    extra: tuple[np.ndarray, np.ndarray] | None = None,
-    planned: float | None = None,
-    start_from: Path | None = None,
-) -> dict[str, Any]:
-    """Train one model on `fold.train_index` of images uint8 [N, 28, 28]: train_together with one member."""
-    return train_together(images, labels, fold, [(hparams, out_dir)], train, aug, progress, label, extra_callbacks,
-                          extra, planned, start_from)[0]  # fmt: skip
-
-
 def train_together(
     images: np.ndarray,
     labels: np.ndarray,
@@ -243,7 +223,7 @@ def train_together(
 ) -> list[dict[str, Any]]:
     """Train the (hparams, out_dir) `members`, models of one recipe (model.RECIPE), at once on one stream of
     augmented batches of `fold.train_index` (plus `extra` (images, labels), e.g. pseudo-labelled test images);
-    save each model and its OOF probabilities in its out_dir; return their summaries.
+    save each model and its OOF probabilities in its out_dir; return their summaries (one model: one member).
 
     Several members train as one model.joint_model and stop early together (on their mean val_accuracy); each
     gets the weights, hence the model, it would get alone: the same seed builds it and it sees the same batches.
@@ -276,7 +256,7 @@ def train_together(
     callbacks = fold_callbacks(members[0][1], train, epoch_line, extra_callbacks, ema=recipe["ema"] > 0, outputs=n)
     start = time.perf_counter()
     history = net.fit(batches, epochs=train.epochs, steps_per_epoch=steps,
-                      validation_data=(images[each_epoch][..., None], targets(labels[each_epoch], n)),
+                      validation_data=(images[each_epoch][..., None], augment.targets(labels[each_epoch], n)),
                       validation_batch_size=512, callbacks=callbacks, shuffle=False, verbose=0)  # fmt: skip
     seconds = time.perf_counter() - start
     val_probs = keep_last(net, nets, [out_dir for _, out_dir in members], fold, val_x)
@@ -319,11 +299,6 @@ def fresh_net(models: list[dict[str, Any]], computes_in: str, seed: int) -> tupl
         keras.utils.set_random_seed(seed)
         nets.append(model.build_model(hparams, computes_in, "digits_cnn" if len(models) == 1 else f"m{k}"))
     return (nets[0] if len(nets) == 1 else model.joint_model(nets)), nets
-
-
-def targets(labels: np.ndarray, outputs: int):
-    """What fit takes as labels int [N] of a model with `outputs` outputs: one copy per output."""
-    return labels if outputs == 1 else (labels,) * outputs
 
 
 def fold_callbacks(

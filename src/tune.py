@@ -179,8 +179,8 @@ def score_trial(trial, hparams: dict, trial_dir: Path, images, labels, folds, jo
     scores = []
     for fold in folds:
         label = f"[trial {trial.trial_id} fold {fold.fold + 1}/{len(folds)}]"
-        summary = train.train_fold(images, labels, fold, hparams, config, job["augment"], trial_dir / fold.name,
-                                   progress, label, (job["budget"].callback(),))  # fmt: skip
+        [summary] = train.train_together(images, labels, fold, [(hparams, trial_dir / fold.name)], config,
+                                         job["augment"], progress, label, (job["budget"].callback(),))  # fmt: skip
         scores.append(summary["val_accuracy"])
         if job["budget"].spent():
             break

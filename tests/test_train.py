@@ -192,8 +192,8 @@ def test_a_cleaned_fold_trains_without_the_left_out_rows_and_still_validates_on_
 
 def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, settings: dict | None = None,
              **kwargs) -> dict:  # fmt: skip
-    """train_fold of a tiny model on the first of 2 folds of the demo data: its summary. `settings` are
-    TrainConfig fields; kwargs go to train_fold."""
+    """train_together of one tiny model on the first of 2 folds of the demo data: its summary. `settings` are
+    TrainConfig fields; kwargs go to train_together."""
     from src import model
     from src.config import AugmentConfig, TrainConfig
 
@@ -201,9 +201,10 @@ def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, settin
     fold = train.make_folds(dataset.train_labels, 2, (0,))[0]
     tiny = model.validate_hparams({"filters": [8, 16], "dense": 32, "batch_size": 32, "learning_rate": 0.005,
                                    **(hparams or {})})  # fmt: skip
-    return train.train_fold(dataset.train_images, dataset.train_labels, fold, tiny,
-                            TrainConfig(epochs=epochs, patience=epochs, **(settings or {})), AugmentConfig(), out_dir,
-                            train.Progress(1, log=lambda line: None), "[t]", **kwargs)  # fmt: skip
+    [summary] = train.train_together(dataset.train_images, dataset.train_labels, fold, [(tiny, out_dir)],
+                                     TrainConfig(epochs=epochs, patience=epochs, **(settings or {})), AugmentConfig(),
+                                     train.Progress(1, log=lambda line: None), "[t]", **kwargs)  # fmt: skip
+    return summary
 
 
 @pytest.mark.slow
