@@ -55,11 +55,13 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
 
     from src import bench
 
-    assert bench.main(["--data-dir", str(demo_dir), "--images", "256", "--repeats", "1", "--json"]) == 0
+    assert bench.main(["--data-dir", str(demo_dir), "--images", "256", "--repeats", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rates = {"plain_fit_images_per_s", "kit_train_images_per_s", "predict_images_per_s",
              "augment_images_per_s_per_thread"}  # fmt: skip
-    assert set(result) == rates | {"gpu_20k_cores", "projected_minutes", "cpu", "precision"}
+    assert set(result) == rates | {"kit_over_plain_per_round", "gpu_20k_cores", "projected_minutes", "cpu", "precision"}
+    # one ratio per alternating round, the best rates among them: the spread shows what of the gap is noise
+    assert len(result["kit_over_plain_per_round"]) == 2 and all(r > 0 for r in result["kit_over_plain_per_round"])
     assert result["precision"] == precision.resolve("auto")
     assert all(result[k] > 0 for k in rates) and result["cpu"] and result["gpu_20k_cores"] >= 1
     # The projection follows the presets' sizes: full trains 5 folds x 10 epochs twice (the second round on
@@ -67,6 +69,14 @@ def test_bench_reports_throughput_as_json(demo_dir, capsys):
     # trained and predicted, so timing noise cannot reorder them.
     projected = result["projected_minutes"]
     assert set(projected) == set(PRESETS) and projected["full"] > projected["fast"] > projected["smoke"] > 0
+
+
+def test_bench_refuses_zero_repeats_in_one_line(demo_dir, capsys):
+    from src import bench
+    from src.errors import run_cli
+
+    assert run_cli(bench.main, ["--data-dir", str(demo_dir), "--repeats", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --repeats 0 --images 8192: each must be at least 1"
 
 
 def test_preset_images_counts_every_fold_seed_and_epoch():
