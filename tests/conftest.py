@@ -73,11 +73,15 @@ def write_kaggle(folder: Path, train_images, train_labels, test_images) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(demo_dir, tmp_path_factory) -> Path:
-    """A finished small run on the demo dataset (2 folds x 3 epochs), for reports, baselines and OCR."""
+    """A finished small run on the demo dataset (2 folds x 8 epochs), for reports, baselines and OCR.
+
+    8 epochs make it a trained model (CV 0.83, mean one-vs-rest AUC 0.99, 16 s): at 3 its CV was 0.16, near chance,
+    and the AUC 0.70 passed or failed the diagnostics' check by the CPU's rounding.
+    """
     from src import submit
 
     root = tmp_path_factory.mktemp("demo_run")
-    argv = ["--data-dir", str(demo_dir), "--preset", "smoke", "--folds", "2", "--epochs", "3",
+    argv = ["--data-dir", str(demo_dir), "--preset", "smoke", "--folds", "2", "--epochs", "8",
             "--runs-dir", str(root / "runs"), "--out", str(root / "subs")]  # fmt: skip
     assert submit.main(argv) == 0
     return next((root / "runs").iterdir())
