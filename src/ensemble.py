@@ -52,7 +52,8 @@ def load_model(fold_dir: Path, precision: str = "float32"):
     path = fold_dir / "model.keras"
     if not path.is_file():
         raise DigitsError(f"{fold_dir}: no model.keras; is the fold finished?")
-    return with_precision(keras.models.load_model(path, compile=False), precision)  # predicting needs no loss
+    net = keras.models.load_model(path, custom_objects=model.custom_objects(), compile=False)  # predicting: no loss
+    return with_precision(net, precision)
 
 
 def with_precision(net, precision: str):

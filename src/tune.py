@@ -60,6 +60,7 @@ def search_space(hp, base: dict[str, Any] | None = None) -> dict[str, Any]:
         "schedule": hp.Choice("schedule", ["onecycle", "cosine", "exponential", "constant"], default=d["schedule"]),
         "batch_size": hp.Choice("batch_size", [32, 64, 128, 256], default=d["batch_size"]),
         "aug_strength": hp.Float("aug_strength", 0.0, 2.0, step=0.25, default=d["aug_strength"]),
+        "deskew": hp.Boolean("deskew", default=d["deskew"]),
         "ema": d["ema"],  # not searched: the preset's choice carries over
     }
     if model.feature_side(hparams) < 1:  # valid padding would shrink deep stacks to nothing

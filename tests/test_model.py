@@ -107,3 +107,79 @@ def test_float16_training_scales_the_loss():
     net = model.compile_model(model.build_model(hparams, "float16"), hparams, 2, 1, "float16")
     assert type(net.optimizer).__name__ == "LossScaleOptimizer"
     assert type(model.compile_model(model.build_model(hparams), hparams, 2, 1).optimizer).__name__ == "Adam"
+
+
+def slanted_stroke(slope: float) -> np.ndarray:
+    """uint8 [28, 28]: a 3-pixel-wide bar from row 4 to row 23 whose column moves `slope` pixels a row, like a '/'."""
+    image = np.zeros((28, 28), np.uint8)
+    for row in range(4, 24):
+        col = round(13.5 + slope * (row - 13.5))
+        image[row, col - 1 : col + 2] = 255
+    return image
+
+
+def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row and column of the centre of mass, slant cov(row, col) / var(row)), float64 [N] each."""
+    weight = images.astype(np.float64)
+    rows, cols = np.mgrid[:28, :28]
+    mass = weight.sum((1, 2))
+    row = (weight * rows).sum((1, 2)) / mass
+    col = (weight * cols).sum((1, 2)) / mass
+    d_row, d_col = rows - row[:, None, None], cols - col[:, None, None]
+    return row, col, (weight * d_row * d_col).sum((1, 2)) / (weight * d_row**2).sum((1, 2))
+
+
+def test_deskew_stands_a_slanted_stroke_upright_and_centres_it():
+    strokes = np.stack([slanted_stroke(-0.4), np.roll(slanted_stroke(0.3), (2, -3), axis=(0, 1))])
+    assert np.abs(moments(strokes)[2]).min() > 0.25  # both lean
+    upright = np.asarray(model.deskew_layer()()(strokes[..., None]))[..., 0]
+    row, col, slant = moments(upright)
+    assert np.abs(slant).max() < 0.02
+    np.testing.assert_allclose(row, 13.5, atol=0.1)
+    np.testing.assert_allclose(col, 13.5, atol=0.1)
+    assert upright.sum() == pytest.approx(strokes.sum(dtype=np.float64), rel=0.02)  # ink moved, not lost
+
+
+def test_deskew_is_the_classic_moment_shear_on_real_digits(real_dir):
+    """The textbook deskew, done by scipy, to float32 rounding. The images are framed in zeros for scipy, which
+    does not blend the outside into samples just past the edge, as TensorFlow does."""
+    from scipy import ndimage
+
+    from src import data
+
+    images = data.load_train(real_dir)[0][:200]
+    row, col, slant = moments(images)
+    framed = np.pad(images.astype(np.float64), ((0, 0), (2, 2), (2, 2)))
+    want = np.stack([
+        ndimage.affine_transform(image, [[1, 0], [a, 1]], offset=(r - 11.5, c - 11.5 - a * 13.5),
+                                 output_shape=(28, 28), order=1)
+        for image, r, c, a in zip(framed, row, col, slant)
+    ])  # fmt: skip
+    got = np.asarray(model.deskew_layer()()(images[..., None]))[..., 0]
+    assert np.abs(got - want).max() < 0.01
+    assert np.abs(moments(got)[2]).max() < 0.05 < np.abs(slant).mean()
+
+
+def test_blank_images_pass_the_deskew_unchanged():
+    blank = np.zeros((2, 28, 28, 1), np.uint8)
+    assert np.asarray(model.deskew_layer()()(blank)).max() == 0
+
+
+def test_a_deskewing_model_is_saved_loaded_and_predicts_in_any_precision(tmp_path):
+    from src import ensemble
+
+    hparams = model.validate_hparams({"filters": [8], "dense": 16, "deskew": True})
+    net = model.build_model(hparams)
+    assert [type(layer).__name__ for layer in net.layers][:3] == ["InputLayer", "Deskew", "Rescaling"]
+    images = np.stack([slanted_stroke(s) for s in (-0.4, 0.0, 0.3, 0.5)])[..., None]
+    net.save(tmp_path / "model.keras")
+    loaded = ensemble.load_model(tmp_path)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), net.predict(images, verbose=0), atol=1e-6)
+    low = ensemble.load_model(tmp_path, "bfloat16")
+    assert np.abs(low.predict(images, verbose=0) - net.predict(images, verbose=0)).max() < 0.05
+
+
+def test_deskew_is_a_yes_or_no():
+    assert model.validate_hparams({})["deskew"] is False
+    with pytest.raises(DigitsError, match="'deskew' = 'yes': expected true or false"):
+        model.validate_hparams({"deskew": "yes"})

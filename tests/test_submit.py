@@ -212,11 +212,11 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, 
 
 def test_presets_add_their_second_model_and_extra_hparams_with_no_file_removes_it():
     full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
-    assert [h["filters"] for h in full.extra_hparams] == [config.TUNED["filters"]]
+    assert full.extra_hparams == (model.validate_hparams(config.TUNED_DESKEW),) and not full.hparams["deskew"]
     assert submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams"])).extra_hparams == ()
     fast = submit.spec_from_args(submit.parse_args(["--preset", "fast"]))
-    assert fast.hparams == model.validate_hparams(config.TUNED)
-    assert [h["filters"] for h in fast.extra_hparams] == [config.TUNED_3BLOCKS["filters"]]
+    assert fast.hparams == model.validate_hparams(config.TUNED)  # on raw digits, the second on deskewed ones
+    assert fast.extra_hparams == (model.validate_hparams({**config.TUNED, "deskew": True}),)
     assert submit.spec_from_args(submit.parse_args(["--preset", "smoke"])).extra_hparams == ()
 
 

@@ -84,7 +84,7 @@ def test_preset_images_counts_every_fold_seed_and_epoch():
 
     # fast: two different models per fold with one recipe, so they train together and are timed together
     [(group, trained, predicted)] = bench.preset_images(PRESETS["fast"], 42_000, 28_000)
-    assert [h["filters"] for h in group] == [config.TUNED["filters"], config.TUNED_3BLOCKS["filters"]]
+    assert [h["deskew"] for h in group] == [False, True] and group[0]["filters"] == group[1]["filters"]
     assert trained == 3 * 8 * 28_000  # each of them: 3 folds, 8 epochs, two thirds of the rows each
     # each of them: 2,000 of its 14,000 validation rows every epoch, all of them once, then the test set
     assert predicted == 3 * (8 * 2_000 + 14_000 + 28_000)
@@ -106,6 +106,7 @@ def test_preset_images_count_the_pseudo_label_round_and_the_extra_model():
     assert trained == pytest.approx(round_two) and predicted == predicted_once
     # the extra model trains round 2 only, with its own recipe: after the first model, not with it
     assert first == [slim] and len(extra) == 1 and extra[0]["filters"] == config.TUNED["filters"] != slim["filters"]
+    assert extra[0]["deskew"] and not slim["deskew"]
     assert trained_extra == pytest.approx(round_two) and predicted_extra == predicted_once
     every_model = train.planned_images(full.train, 42_000, 28_000, final_models=2)
     assert every_model == pytest.approx(trained_once + trained + trained_extra)
@@ -119,6 +120,7 @@ def test_models_train_together_when_their_recipes_agree():
     assert train.recipe_groups([slim, tuned]) == [[0], [1]]  # full: another optimizer and schedule
     assert train.recipe_groups([tuned, slim, three_blocks]) == [[0, 2], [1]]
     assert train.recipe_groups([tuned, {**three_blocks, "batch_size": 64}]) == [[0], [1]]
+    assert train.recipe_groups([tuned, model.validate_hparams(config.TUNED_DESKEW)]) == [[0, 1]]  # deskew: the model's
 
 
 def fit_tiny_pair(demo_dir, run_dir, epochs: int, **kwargs) -> list[dict]:
