@@ -120,7 +120,8 @@ def plot_grid(images: np.ndarray, titles: list[str], path: Path, columns: int, s
     import matplotlib.pyplot as plt
 
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.35), squeeze=False)
+    # 0.6 inch above the rows for the suptitle: a one-row grid (few label issues) was 148 px high, its titles cramped
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.35 + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
