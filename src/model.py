@@ -164,39 +164,46 @@ def build_model(hparams: dict[str, Any], precision: str = "float32", name: str =
     return keras.Model(inputs, outputs, name=name)
 
 
+def deskew_transforms(weight):
+    """float32 [B, 8]: for each image float32 [B, 28, 28], the projective transform (keras.ops.image.affine_transform's
+    form) that shears it upright about its centre of mass and moves that centre to the grid's centre.
+
+    Upright: the shear along the rows by alpha = cov(row, col) / var(row) of the ink leaves no row-column covariance.
+    A blank image gets the identity.
+    """
+    from keras import ops
+
+    centre = (SIDE - 1) / 2
+    grid = ops.arange(SIDE, dtype="float32")
+    mass = ops.sum(weight, axis=(1, 2))
+    some = mass > 0
+    per_row, per_col = ops.sum(weight, axis=2), ops.sum(weight, axis=1)  # [B, 28] each
+    row = ops.where(some, ops.sum(per_row * grid, axis=1) / ops.maximum(mass, 1e-6), centre)
+    col = ops.where(some, ops.sum(per_col * grid, axis=1) / ops.maximum(mass, 1e-6), centre)
+    d_row, d_col = grid[None] - row[:, None], grid[None] - col[:, None]  # [B, 28] each
+    var_row = ops.sum(per_row * d_row**2, axis=1)
+    cov = ops.sum(weight * d_row[:, :, None] * d_col[:, None, :], axis=(1, 2))
+    alpha = ops.where(var_row > 1e-3, cov / ops.maximum(var_row, 1e-3), 0.0)
+    # Output pixel (col x, row y) reads input (x + alpha (y - centre) + col - centre, y + row - centre).
+    one, zero = ops.ones_like(alpha), ops.zeros_like(alpha)
+    return ops.stack([one, alpha, col - centre - alpha * centre, zero, one, row - centre, zero, zero], axis=1)
+
+
 @functools.cache
 def deskew_layer():
-    """The Keras layer class that deskews digits: uint8 [B, 28, 28, 1] -> float32 [B, 28, 28, 1] in 0-255.
-
-    Each digit is sheared along its rows so that its second moments have no row-column covariance (its slant is
-    undone), and moved so that its centre of mass sits at the grid's centre; bilinear, zeros outside. A blank
-    image passes unchanged. The moments are taken in float32 whatever precision the model computes in.
-    Made on first use, so that importing this module needs no TensorFlow; load a saved model through
-    custom_objects().
+    """The Keras layer class that deskews digits: uint8 [B, 28, 28, 1] -> float32 [B, 28, 28, 1] in 0-255
+    (deskew_transforms, bilinear, zeros outside). The moments are taken in float32 whatever precision the model
+    computes in. Made on first use, so that importing this module needs no TensorFlow; load a saved model
+    through custom_objects().
     """
     import keras
     from keras import ops
 
-    centre = (SIDE - 1) / 2
-
     class Deskew(keras.layers.Layer):
         def call(self, images):
             x = ops.cast(images, "float32")
-            weight = x[..., 0]  # [B, 28, 28]
-            grid = ops.arange(SIDE, dtype="float32")
-            mass = ops.sum(weight, axis=(1, 2))
-            some = mass > 0
-            per_row, per_col = ops.sum(weight, axis=2), ops.sum(weight, axis=1)  # [B, 28] each
-            row = ops.where(some, ops.sum(per_row * grid, axis=1) / ops.maximum(mass, 1e-6), centre)
-            col = ops.where(some, ops.sum(per_col * grid, axis=1) / ops.maximum(mass, 1e-6), centre)
-            d_row, d_col = grid[None] - row[:, None], grid[None] - col[:, None]  # [B, 28] each
-            var_row = ops.sum(per_row * d_row**2, axis=1)
-            cov = ops.sum(weight * d_row[:, :, None] * d_col[:, None, :], axis=(1, 2))
-            alpha = ops.where(var_row > 1e-3, cov / ops.maximum(var_row, 1e-3), 0.0)
-            # Output pixel (col x, row y) reads input (x + alpha (y - centre) + col - centre, y + row - centre).
-            one, zero = ops.ones_like(alpha), ops.zeros_like(alpha)
-            transform = ops.stack([one, alpha, col - centre - alpha * centre, zero, one, row - centre, zero, zero], 1)
-            return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
+            transforms = deskew_transforms(x[..., 0])
+            return ops.image.affine_transform(x, transforms, interpolation="bilinear", fill_mode="constant")
 
         def compute_output_shape(self, input_shape):
             return input_shape
