@@ -14,6 +14,7 @@ projected_minutes, cpu, precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -113,8 +114,8 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[list[
     whole run of `preset` that never stops early.
 
     A preset with pseudo-labels runs twice: round 1 trains the first model alone; round 2, the final round, trains
-    each fold on its rows plus most test images. The final round trains the first model and the extra ones, those
-    of one recipe together (train.recipe_groups).
+    each fold on its rows plus most test images. The final round trains the first model (unless it keeps round 1's,
+    TrainConfig.keep_round1) and the extra ones, those of one recipe together (train.recipe_groups).
     """
     t = preset.train
     models = t.folds * len(t.seeds)
@@ -123,11 +124,12 @@ def preset_images(preset: Preset, n_train: int, n_test: int) -> list[tuple[list[
     tested = n_test * ((1 + t.tta_rounds) if t.tta else 1)  # the test set, once per model and round
     # per model and round: the sample after every epoch, then all its validation rows once, then the test set
     predicted = [models * (r.epochs * each_epoch + val_rows + tested) for r in train.each_round(t)]
-    first = train.planned_images(t, n_train, n_test)
-    final = train.planned_images(t, n_train, n_test, final_models=2) - first  # one model's final round
+    first = train.planned_images(dataclasses.replace(t, pseudo=0.0, keep_round1=False), n_train, n_test)  # round 1
+    final = train.planned_images(t, n_train, n_test, final_models=2) - train.planned_images(t, n_train, n_test)
     hparams = [model.validate_hparams(h) for h in (preset.hparams, *preset.extra_hparams)]
-    earlier = [([hparams[0]], first - final, sum(predicted[:-1]))] if train.rounds(t) > 1 else []
-    return earlier + [([hparams[k] for k in group], final, predicted[-1]) for group in train.recipe_groups(hparams)]
+    earlier = [([hparams[0]], first, sum(predicted[:-1]))] if train.rounds(t) > 1 else []
+    trained = hparams[1:] if t.keep_round1 else hparams
+    return earlier + [([trained[k] for k in group], final, predicted[-1]) for group in train.recipe_groups(trained)]
 
 
 def projected_minutes(

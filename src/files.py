@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def write_atomically(path: Path, data: bytes | str, overwrite: bool = True) -> N
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def copy_folder_atomically(source: Path, target: Path) -> None:
+    """Copy the folder `source` to `target` (which must not exist) through a temporary folder beside it, so that
+    `target` appears whole or not at all."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the result is an ordinary folder
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def current_umask() -> int:

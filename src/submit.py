@@ -2,8 +2,8 @@
 
     python -m src.submit [--preset smoke|fast|full] [--data-dir D] [--out DIR] [--hparams FILE]
                          [--extra-hparams FILE ...] [--folds K] [--epochs E] [--seeds S ...] [--tta]
-                         [--precision P] [--pseudo P [--pseudo-epochs E] [--warm] [--clean]] [--epoch-val-rows N]
-                         [--resume RUN]
+                         [--precision P] [--pseudo P [--pseudo-epochs E] [--warm | --keep-round1] [--clean]]
+                         [--epoch-val-rows N] [--resume RUN]
 
 Writes <out>/<timestamp>_<preset>_cv<score>.csv with a metadata JSON beside it, and updates
 <out>/submission.csv. Without competition data it runs on a demo dataset built from scikit-learn's digits.
@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warm", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pseudo: round 2 fine-tunes each fold's round-1 model instead of training a "
                              "fresh one (measured on fast: no gain; see the README)")  # fmt: skip
+    parser.add_argument("--keep-round1", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --pseudo and extra models: round 2 trains only the extra models; the first "
+                             "model's round-1 fold models join the final ensemble as they are (full: on)")  # fmt: skip
     parser.add_argument("--clean", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pseudo: round 2 leaves out the training rows whose label round 1's out-of-fold "
                              "probabilities contradict (confident learning); CV still counts them")  # fmt: skip
@@ -112,11 +115,14 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         clean=args.clean,
         pseudo_epochs=args.pseudo_epochs,
         warm=args.warm,
+        keep_round1=args.keep_round1,
     )
     if train.clean and not train.pseudo:
         raise DigitsError("--clean needs --pseudo P: round 1's out-of-fold probabilities find the rows to leave out")
     if (train.warm or train.pseudo_epochs) and not train.pseudo:
         raise DigitsError("--warm and --pseudo-epochs need --pseudo P: they shape round 2, which --pseudo adds")
+    if train.keep_round1 and train.warm:
+        raise DigitsError("--keep-round1 keeps round 1's first model as it is, --warm fine-tunes it: choose one")
     train = with_overrides(train, precision=args.precision)
     if train.hparams:
         hparams, source = model.load_hparams(train.hparams), str(train.hparams)
@@ -125,7 +131,11 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     else:
         hparams = model.validate_hparams(preset.hparams, f"preset {preset.name}")
         source = f"preset {preset.name}" if preset.hparams else "defaults"
-    return RunSpec(preset.name, train, preset.augment, hparams, source, extra_models(train, preset))
+    extra = extra_models(train, preset)
+    if train.keep_round1 and not (train.pseudo and extra):
+        raise DigitsError("--keep-round1 needs --pseudo P and --extra-hparams FILE: round 2 then trains only the "
+                          "extra models, beside round 1's first; use --no-keep-round1 otherwise")  # fmt: skip
+    return RunSpec(preset.name, train, preset.augment, hparams, source, extra)
 
 
 def validated(epoch_val_rows: int) -> str:
@@ -267,7 +277,8 @@ def train_and_predict(spec: RunSpec, images: np.ndarray, labels: np.ndarray, tes
     if spec.train.clean:
         left_out = ensemble.label_issues(labels, first["oof_probs"])
         log(f"round 2 leaves out {len(left_out)} training rows whose label round 1 contradicts (CV still counts them)")
-    pseudo = train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out, spec.train.warm)
+    pseudo = train.Pseudo(test_images, run_dir / "round1", spec.train.pseudo, left_out, spec.train.warm,
+                          spec.train.keep_round1)  # fmt: skip
     result = one_round(run_dir, pseudo)
     return {**result, "round1_cv_accuracy": first["cv_accuracy"]}, durations
 

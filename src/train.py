@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from src import augment, data, model, precision
 from src.config import AugmentConfig, TrainConfig
-from src.files import write_atomically
+from src.files import copy_folder_atomically, write_atomically
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,13 @@ def planned_fold_images(train: TrainConfig, fold_rows: float, n_test: int) -> fl
 def planned_images(train: TrainConfig, n_train: int, n_test: int, final_models: int = 1) -> float:
     """Images a whole run trains on if it never stops early; round 2 of a pseudo-label run is estimated.
 
-    `final_models`: models trained on each fold of the final round (1 + the extra models).
+    `final_models`: models of each fold of the final round (1 + the extra models); with train.keep_round1 the
+    first of them trains in round 1 only.
     """
     fold_rows = run_rows(train, n_train) * (train.folds - 1) / train.folds
     per_round = [planned_fold_images(r, fold_rows, n) for r, n in zip(each_round(train), (0, n_test))]
-    return train.folds * len(train.seeds) * (sum(per_round) + (final_models - 1) * per_round[-1])
+    first_model = per_round[0] if train.keep_round1 else sum(per_round)
+    return train.folds * len(train.seeds) * (first_model + (final_models - 1) * per_round[-1])
 
 
 def epoch_images(train_rows: int, batch_size: int) -> int:
@@ -170,6 +172,7 @@ class Pseudo:
     threshold: float
     left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # train rows round 2 never trains on
     warm: bool = False  # each fold starts from round 1's model of the same fold (TrainConfig.warm)
+    keep_first: bool = False  # the first model is round 1's, not trained again (TrainConfig.keep_round1)
 
     def start_from(self, name: str) -> Path | None:
         """The round-1 fold folder whose model fold `name` fine-tunes (warm), or None: it starts fresh.
@@ -178,6 +181,12 @@ class Pseudo:
         """
         folder = self.round_one / name
         return folder if self.warm and (folder / "model.keras").is_file() else None
+
+    def keep(self, out_dir: Path) -> dict[str, Any]:
+        """The summary of round 1's fold model named like `out_dir` (seed0_fold0), copied there once as it is."""
+        if not (out_dir / "fold.json").exists():
+            copy_folder_atomically(self.round_one / out_dir.name, out_dir)
+        return json.loads((out_dir / "fold.json").read_text())
 
     def cleaned(self, fold: Fold) -> Fold:
         """The fold without the left-out rows in its training part; its validation rows stay, all of them."""
@@ -397,7 +406,8 @@ def train_folds(
     all their summaries. Fold by fold, the models of one recipe train together (train_together).
 
     The first model's folders are seed0_fold0, ..., the k-th's m<k>_seed0_fold0, ... (model_prefix).
-    With `pseudo`, each fold also trains on the test images round 1's model of that fold is sure of.
+    With `pseudo`, each fold also trains on the test images round 1's model of that fold is sure of; with
+    `pseudo.keep_first`, the first model's folders are round 1's, copied.
     `progress` spans the whole run (both rounds of a pseudo-label run), from train.planned_images.
     """
     n_test = len(pseudo.test_images) if pseudo else 0
@@ -410,7 +420,10 @@ def train_folds(
         label = [f"[{model_prefix(k).replace('_', ' ')}{where}]" for k in range(len(models))]
         todo = []
         for k, out_dir in enumerate(dirs):
-            if (out_dir / "fold.json").exists():
+            if k == 0 and pseudo is not None and pseudo.keep_first:
+                summaries.append(pseudo.keep(out_dir))
+                log(f"{label[k]} kept from round 1: val_acc {summaries[-1]['val_accuracy']:.4f}")
+            elif (out_dir / "fold.json").exists():
                 summaries.append(json.loads((out_dir / "fold.json").read_text()))
                 progress.skip(planned)
                 log(f"{label[k]} finished earlier: val_acc {summaries[-1]['val_accuracy']:.4f} (resume)")

@@ -210,10 +210,41 @@ def test_pseudo_labels_train_a_second_round_scored_on_train_rows_only(tmp_path, 
     assert status == 0 and printed.count("finished earlier") == 6, printed[-2000:]  # round 1's two, round 2's four
 
 
+@pytest.mark.slow
+def test_keep_round1_trains_only_the_extra_model_in_round_two(tmp_path, monkeypatch, capsys):
+    """full's way: round 1's fold models of the first model stay as they are, beside round 2's extra model."""
+    (tmp_path / "small.json").write_text(json.dumps({"filters": [8, 16], "convs_per_block": 1}))
+    status, printed = submit_here("--preset", "smoke", "--folds", "2", "--epochs", "6", "--pseudo", "0.5",
+                                  "--pseudo-epochs", "3", "--keep-round1", "--extra-hparams", "small.json",
+                                  "--out", "subs", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)  # fmt: skip
+    assert status == 0, printed[-2000:]
+    assert printed.count("kept from round 1") == 2 and printed.count("pseudo-labelled test images") == 2
+    etas = [line.rsplit("ETA ", 1)[1] for line in printed.splitlines() if "/epoch, ETA " in line]
+    assert len(etas) == 2 * 6 + 2 * 3 and etas[-1] == "0s"  # round 1's model, then the extra one only
+    meta = json.loads(next((tmp_path / "subs").glob("*_smoke_demo_cv*.json")).read_text())
+    run = Path(meta["run"]) if Path(meta["run"]).is_absolute() else tmp_path / meta["run"]
+    assert meta["train"]["keep_round1"] is True
+    cv = json.loads((run / "cv.json").read_text())
+    assert cv["models"] == 4 and cv["oof_rows"] == 1258 and meta["cv_accuracy"] == cv["cv_accuracy"]
+    for k in (0, 1):
+        kept, first = run / f"seed0_fold{k}", run / "round1" / f"seed0_fold{k}"
+        assert (kept / "model.keras").read_bytes() == (first / "model.keras").read_bytes()
+        assert json.loads((kept / "fold.json").read_text())["pseudo_rows"] == 0  # round 1's, untouched
+        extra = json.loads((run / f"m1_seed0_fold{k}" / "fold.json").read_text())
+        assert 0 < extra["pseudo_rows"] <= 539 and extra["epochs_run"] == 3
+        both = [np.load(run / f"{m}seed0_fold{k}" / "val_probs.npy") for m in ("", "m1_")]
+        val_index = np.load(kept / "val_index.npy")
+        np.testing.assert_allclose(np.load(run / "oof_probs.npy")[val_index], (both[0] + both[1]) / 2, atol=1e-6)
+    status, printed = submit_here("--resume", str(run), "--out", "subs", cwd=tmp_path, monkeypatch=monkeypatch,
+                                  capsys=capsys)  # fmt: skip
+    assert status == 0 and printed.count("finished earlier") == 4 and printed.count("kept from round 1") == 2
+
+
 def test_presets_add_their_second_model_and_extra_hparams_with_no_file_removes_it():
     full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
     assert full.extra_hparams == (model.validate_hparams(config.TUNED_DESKEW),) and not full.hparams["deskew"]
-    assert submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams"])).extra_hparams == ()
+    alone = submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams", "--no-keep-round1"]))
+    assert alone.extra_hparams == () and not alone.train.keep_round1 and full.train.keep_round1
     fast = submit.spec_from_args(submit.parse_args(["--preset", "fast"]))
     assert fast.hparams == model.validate_hparams(config.TUNED)  # on raw digits, the second on deskewed ones
     assert fast.extra_hparams == (model.validate_hparams({**config.TUNED, "deskew": True}),)
@@ -236,6 +267,11 @@ def test_pseudo_threshold_out_of_range_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--pseudo 1.5" in result.stderr
     result = run_submit("--warm", cwd=tmp_path)
     assert result.returncode == 2 and "--warm and --pseudo-epochs need --pseudo" in result.stderr
+    result = run_submit("--pseudo", "0.99", "--keep-round1", "--extra-hparams", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--keep-round1 needs --pseudo P and --extra-hparams FILE" in result.stderr
+    result = run_submit("--preset", "full", "--warm", cwd=tmp_path)
+    assert result.returncode == 2 and "--keep-round1 keeps round 1's first model as it is, --warm" in result.stderr
     result = run_submit("--clean", cwd=tmp_path)
     assert (
         result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--clean needs --pseudo" in result.stderr

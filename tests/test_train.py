@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -96,20 +97,38 @@ def test_preset_images_count_the_pseudo_label_round_and_the_extra_model():
     from src import bench
 
     full = PRESETS["full"]
-    once = dataclasses.replace(full, train=dataclasses.replace(full.train, pseudo=0.0), extra_hparams=())
+    once = dataclasses.replace(full, train=dataclasses.replace(full.train, pseudo=0.0, keep_round1=False),
+                               extra_hparams=())  # fmt: skip
     [([slim], trained_once, predicted_once)] = bench.preset_images(once, 42_000, 28_000)
-    round_one, (first, trained, predicted), (extra, trained_extra, predicted_extra) = bench.preset_images(
-        full, 42_000, 28_000
-    )
-    assert round_one == ([slim], trained_once, predicted_once) and trained_once == 5 * 10 * 33_600
     round_two = 5 * 10 * (33_600 + train.PSEUDO_SHARE * 28_000)
-    assert trained == pytest.approx(round_two) and predicted == predicted_once
-    # the extra model trains round 2 only, with its own recipe: after the first model, not with it
-    assert first == [slim] and len(extra) == 1 and extra[0]["filters"] == config.TUNED["filters"] != slim["filters"]
-    assert extra[0]["deskew"] and not slim["deskew"]
+    # full keeps round 1's slim model: round 2 trains only the extra model, on train + pseudo-labels
+    round_one, (extra, trained_extra, predicted_extra) = bench.preset_images(full, 42_000, 28_000)
+    assert round_one == ([slim], trained_once, predicted_once) and trained_once == 5 * 10 * 33_600
+    assert len(extra) == 1 and extra[0]["deskew"] and not slim["deskew"]
+    assert extra[0]["filters"] == config.TUNED["filters"] != slim["filters"]
     assert trained_extra == pytest.approx(round_two) and predicted_extra == predicted_once
     every_model = train.planned_images(full.train, 42_000, 28_000, final_models=2)
-    assert every_model == pytest.approx(trained_once + trained + trained_extra)
+    assert every_model == pytest.approx(trained_once + trained_extra)
+    # without keep_round1, round 2 trains the slim model again, then the extra one (another recipe: not together)
+    retrain = dataclasses.replace(full, train=dataclasses.replace(full.train, keep_round1=False))
+    round_one, (first, trained, _), (again, _, _) = bench.preset_images(retrain, 42_000, 28_000)
+    assert round_one[0] == first == [slim] and again == extra and trained == pytest.approx(round_two)
+    every_model = train.planned_images(retrain.train, 42_000, 28_000, final_models=2)
+    assert every_model == pytest.approx(trained_once + 2 * trained_extra)
+
+
+def test_keeping_round_ones_model_copies_its_fold_folder_once(tmp_path):
+    (tmp_path / "round1" / "seed0_fold0").mkdir(parents=True)
+    summary = {"name": "seed0_fold0", "val_accuracy": 0.99}
+    (tmp_path / "round1" / "seed0_fold0" / "fold.json").write_text(json.dumps(summary))
+    (tmp_path / "round1" / "seed0_fold0" / "val_probs.npy").write_bytes(b"probs")
+    pseudo = train.Pseudo(np.zeros((0, 28, 28), np.uint8), tmp_path / "round1", 0.99, keep_first=True)
+    assert pseudo.keep(tmp_path / "seed0_fold0") == summary
+    assert (tmp_path / "seed0_fold0" / "val_probs.npy").read_bytes() == b"probs"
+    (tmp_path / "seed0_fold0" / "val_probs.npy").write_bytes(b"resumed")  # a second call (a resume) copies nothing
+    assert pseudo.keep(tmp_path / "seed0_fold0") == summary
+    assert (tmp_path / "seed0_fold0" / "val_probs.npy").read_bytes() == b"resumed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round1", "seed0_fold0"]  # no temporary folder left
 
 
 def test_models_train_together_when_their_recipes_agree():
