@@ -57,6 +57,38 @@ def random_affines(n: int, config: AugmentConfig, strength: float, rng: np.rando
     return affine_matrices(rotate, scale, shift, shear)
 
 
+def deskew_matrices(images: np.ndarray) -> np.ndarray:
+    """Forward maps float64 [N, 2, 3] that shear each digit uint8 [N, 28, 28] upright about its centre of mass and
+    move that centre to the grid's centre: model.deskew_transforms' transform (which is its inverse, in Keras's
+    form), in numpy, for the training batches of a model that deskews before augmenting. A blank image: identity.
+    """
+    weight = images.astype(np.float64)
+    grid = np.arange(SIDE, dtype=np.float64)
+    mass = weight.sum(axis=(1, 2))
+    some = mass > 0
+    per_row, per_col = weight.sum(axis=2), weight.sum(axis=1)  # [N, 28] each
+    row = np.where(some, per_row @ grid / np.maximum(mass, 1e-6), CENTER)
+    col = np.where(some, per_col @ grid / np.maximum(mass, 1e-6), CENTER)
+    d_row, d_col = grid[None] - row[:, None], grid[None] - col[:, None]
+    var_row = np.sum(per_row * d_row**2, axis=1)
+    cov = np.einsum("nij,ni,nj->n", weight, d_row, d_col)
+    alpha = np.where(var_row > 1e-3, cov / np.maximum(var_row, 1e-3), 0.0)
+    # Input (x, y) goes to (x - alpha (y - row) - col + centre, y - row + centre): the inverse of the layer's map.
+    matrices = np.zeros((len(images), 2, 3))
+    matrices[:, 0, 0] = matrices[:, 1, 1] = 1
+    matrices[:, 0, 1] = -alpha
+    matrices[:, 0, 2] = alpha * row - col + CENTER
+    matrices[:, 1, 2] = CENTER - row
+    return matrices
+
+
+def then(second: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """float64 [N, 2, 3]: the forward maps `first` [N, 2, 3] followed by `second` [N, 2, 3], as one."""
+    linear = second[:, :, :2] @ first[:, :, :2]
+    offset = second[:, :, :2] @ first[:, :, 2:] + second[:, :, 2:]
+    return np.concatenate([linear, offset], axis=2)
+
+
 def warp(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28] -> uint8 [N, 28, 28]: each image moved by its matrix [N, 2, 3], bilinear, black outside."""
     out = np.empty_like(images)
@@ -85,11 +117,13 @@ class Augmenter:
     """Callable: (images uint8 [B, 28, 28], seed) -> augmented uint8 [B, 28, 28]. Thread-safe.
 
     `strength` scales the affine ranges (0 turns the affine off); it is the tunable `aug_strength` hyperparameter.
+    `deskew` (the `deskew_before_augment` hyperparameter) stands each digit upright first, in the same warp.
     """
 
-    def __init__(self, config: AugmentConfig, strength: float = 1.0):
+    def __init__(self, config: AugmentConfig, strength: float = 1.0, deskew: bool = False):
         self.config = config
         self.strength = strength
+        self.deskew = deskew
         self.local = threading.local()  # albumentations pipelines keep RNG state: one per thread
 
     def distortions(self) -> A.Compose | None:
@@ -98,9 +132,14 @@ class Augmenter:
         return self.local.distortions
 
     def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
-        out = images
+        out, matrices = images, None
         if self.strength > 0:
-            out = warp(images, random_affines(len(images), self.config, self.strength, np.random.default_rng(seed)))
+            matrices = random_affines(len(images), self.config, self.strength, np.random.default_rng(seed))
+        if self.deskew:
+            upright = deskew_matrices(images)
+            matrices = upright if matrices is None else then(matrices, upright)
+        if matrices is not None:
+            out = warp(images, matrices)
         distortions = self.distortions()
         if distortions is not None:
             distortions.set_random_seed(seed)
@@ -127,16 +166,18 @@ def training_batches(
     seed: int,
     workers: int = 1,
     outputs: int = 1,
+    deskew: bool = False,
 ):
     """tf.data.Dataset of (uint8 [B, 28, 28, 1], int32 [B]) for `epochs` shuffled, augmented epochs; with
-    `outputs` > 1 the labels come as a tuple of that many copies (one per output of a model.joint_model).
+    `outputs` > 1 the labels come as a tuple of that many copies (one per output of a model.joint_model);
+    with `deskew`, each digit stood upright before its augmentation (Augmenter).
 
     Augmentation runs in `workers` tf.data threads while the model trains on earlier batches
     (cv2 releases the GIL); batches come out in order, so results do not depend on `workers`.
     """
     import tensorflow as tf
 
-    augment = Augmenter(config, strength)
+    augment = Augmenter(config, strength, deskew)
     steps = steps_per_epoch(len(images), batch_size)
 
     def make_batch(step: np.int64) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,7 @@ def kit_seconds(
     batch = recipe["batch_size"]
     steps = augment.steps_per_epoch(len(images), batch)
     batches = augment.training_batches(images, labels, batch, 2, config, recipe["aug_strength"], 0, workers,
-                                       outputs=len(models))  # fmt: skip
+                                       outputs=len(models), deskew=recipe["deskew_before_augment"])  # fmt: skip
     return second_epoch_seconds(fresh_model(models, steps, computes_in), {"x": batches, "steps_per_epoch": steps})
 
 
@@ -98,7 +98,7 @@ def predict_seconds(hparams: dict, test: np.ndarray, computes_in: str) -> float:
 
 def augment_images_per_s(images: np.ndarray, hparams: dict, config: AugmentConfig) -> float:
     """Images per second that one thread augments (batches of the model's size), best of two passes."""
-    augmenter = augment.Augmenter(config, hparams["aug_strength"])
+    augmenter = augment.Augmenter(config, hparams["aug_strength"], hparams["deskew_before_augment"])
     batch = hparams["batch_size"]
     best = float("inf")
     for _ in range(2):

@@ -40,11 +40,24 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     # predicting, the kernel and the OCR all see the same deskewed digits. A model on deskewed digits errs
     # elsewhere than one on raw digits: a pair of one of each beat fast's old pair by 0.069 points (README).
     "deskew": False,
+    # With deskew: training deskews each digit before augmenting it, and the layer passes training batches through
+    # as they come (it deskews at validation and prediction). Deskewing after the augmentation straightens the
+    # augmentation's shears and rotations back out; before it, they stay (README, Deskewing).
+    "deskew_before_augment": False,
 }
 
 # How a model is trained, as opposed to its architecture: models that agree on all of these train as one
 # joint_model, with one optimizer on one stream of batches (src/train.py).
-RECIPE = ("optimizer", "learning_rate", "schedule", "batch_size", "aug_strength", "ema", "label_smoothing")
+RECIPE = (
+    "optimizer",
+    "learning_rate",
+    "schedule",
+    "batch_size",
+    "aug_strength",
+    "ema",
+    "label_smoothing",
+    "deskew_before_augment",  # its batches are deskewed ones
+)
 
 CHOICES = {
     "padding": ("valid", "same"),
@@ -76,12 +89,14 @@ def validate_hparams(overrides: dict[str, Any], source: str = "hparams") -> dict
         check_value(key, value, source)
     hparams = {**DEFAULT_HPARAMS, **overrides}
     check_spatial(hparams, source)
+    if hparams["deskew_before_augment"] and not hparams["deskew"]:
+        raise DigitsError(f"{source}: 'deskew_before_augment' needs 'deskew': true (the model deskews what it sees)")
     return hparams
 
 
 def check_value(key: str, value: Any, source: str) -> None:
     bad = f"{source}: hyperparameter {key!r} = {value!r}"
-    if key == "deskew":
+    if key in ("deskew", "deskew_before_augment"):
         if not isinstance(value, bool):
             raise DigitsError(f"{bad}: expected true or false")
     elif key == "filters":
@@ -147,7 +162,10 @@ def build_model(hparams: dict[str, Any], precision: str = "float32", name: str =
         return layers.ReLU(dtype=dtype)(x)
 
     inputs = keras.Input((28, 28, 1), dtype="uint8", name="image")
-    x = deskew_layer()(dtype=dtype, name="deskew")(inputs) if hparams["deskew"] else inputs
+    x = inputs
+    if hparams["deskew"]:
+        deskew = deskew_layer()(in_training=not hparams["deskew_before_augment"], dtype=dtype, name="deskew")
+        x = deskew(inputs)
     x = layers.Rescaling(1 / 255, dtype=dtype)(x)
     for filters in hparams["filters"]:
         for _ in range(hparams["convs_per_block"]):
@@ -193,15 +211,25 @@ def deskew_transforms(weight):
 def deskew_layer():
     """The Keras layer class that deskews digits: uint8 [B, 28, 28, 1] -> float32 [B, 28, 28, 1] in 0-255
     (deskew_transforms, bilinear, zeros outside). The moments are taken in float32 whatever precision the model
-    computes in. Made on first use, so that importing this module needs no TensorFlow; load a saved model
-    through custom_objects().
+    computes in. With in_training=False it passes training batches through, deskewed already (augment.Augmenter's
+    deskew), and deskews only outside training. Made on first use, so that importing this module needs no
+    TensorFlow; load a saved model through custom_objects().
     """
     import keras
     from keras import ops
 
     class Deskew(keras.layers.Layer):
-        def call(self, images):
+        def __init__(self, in_training: bool = True, **kwargs):
+            super().__init__(**kwargs)
+            self.in_training = in_training
+
+        def get_config(self):
+            return {**super().get_config(), "in_training": self.in_training}
+
+        def call(self, images, training=None):
             x = ops.cast(images, "float32")
+            if training and not self.in_training:
+                return x
             transforms = deskew_transforms(x[..., 0])
             return ops.image.affine_transform(x, transforms, interpolation="bilinear", fill_mode="constant")
 

@@ -249,7 +249,8 @@ def train_together(
     if planned is not None:
         progress.skip(n * (planned - train.epochs * steps * batch_size))  # the plan's estimate -> real epochs
     batches = augment.training_batches(train_x, train_y, batch_size, train.epochs, aug, recipe["aug_strength"],
-                                       seed, train.workers, outputs=n)  # fmt: skip
+                                       seed, train.workers, outputs=n,
+                                       deskew=recipe["deskew_before_augment"])  # fmt: skip
     val_x, val_y = images[fold.val_index][..., None], labels[fold.val_index]
     each_epoch = epoch_validation(fold, labels, train.epoch_val_rows)
     computes_in = precision.resolve(train.precision)

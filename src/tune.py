@@ -63,6 +63,8 @@ def search_space(hp, base: dict[str, Any] | None = None) -> dict[str, Any]:
         "deskew": hp.Boolean("deskew", default=d["deskew"]),
         "ema": d["ema"],  # not searched: the preset's choice carries over
     }
+    # Not searched either: carried over where the trial deskews.
+    hparams["deskew_before_augment"] = d["deskew_before_augment"] and hparams["deskew"]
     if model.feature_side(hparams) < 1:  # valid padding would shrink deep stacks to nothing
         hparams["padding"] = "same"
     return model.validate_hparams(hparams, "search space")

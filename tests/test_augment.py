@@ -36,6 +36,36 @@ def test_strength_zero_is_the_identity(demo_dir):
     np.testing.assert_array_equal(augment.Augmenter(AugmentConfig(), strength=0)(images, 3), images)
 
 
+def test_deskewing_before_augmenting_is_the_models_deskew_to_the_grey_level(real_dir):
+    """augment's numpy deskew of the training batches (deskew_before_augment) and the model's layer, which deskews
+    what the model validates and predicts, give the same digits, but for cv2's rounding to uint8."""
+    from src import model
+
+    images = data.load_train(real_dir)[0][:500]
+    ours = augment.Augmenter(AugmentConfig(), strength=0, deskew=True)(images, 3)
+    layer = np.asarray(model.deskew_layer()()(images[..., None]))[..., 0]
+    assert np.abs(ours - layer).max() <= 0.51
+    assert not np.array_equal(ours, images)
+
+
+def test_deskewing_and_the_affine_are_one_warp_deskew_first(demo_dir):
+    """One interpolation, not two: the same as deskewing, then augmenting the deskewed digits, to rounding."""
+    images, _ = digits(demo_dir)
+    both = augment.Augmenter(AugmentConfig(), strength=1.5, deskew=True)(images, 5)
+    upright = augment.Augmenter(AugmentConfig(), strength=0, deskew=True)(images, 5)
+    then_affine = augment.Augmenter(AugmentConfig(), strength=1.5)(upright, 5)
+    assert np.abs(both.astype(int) - then_affine).mean() < 3  # grey levels of 255: two roundings against one
+    assert np.abs(both.astype(int) - augment.Augmenter(AugmentConfig(), strength=1.5)(images, 5)).mean() > 5
+
+
+def test_composed_maps_move_points_as_one_after_the_other():
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(2, 4, 2, 3))
+    point = np.array([3.0, -2.0, 1.0])
+    for a, b, ab in zip(first, second, augment.then(second, first)):
+        np.testing.assert_allclose(ab @ point, b @ np.append(a @ point, 1.0))
+
+
 def test_the_affine_is_albumentations_affine_drawn_for_the_whole_batch(demo_dir):
     images, _ = digits(demo_dir, 32)
     reference = A.Affine(

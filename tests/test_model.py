@@ -183,3 +183,26 @@ def test_deskew_is_a_yes_or_no():
     assert model.validate_hparams({})["deskew"] is False
     with pytest.raises(DigitsError, match="'deskew' = 'yes': expected true or false"):
         model.validate_hparams({"deskew": "yes"})
+
+
+def test_deskewing_before_the_augmentation_needs_a_deskewing_model():
+    assert model.validate_hparams({})["deskew_before_augment"] is False
+    with pytest.raises(DigitsError, match="'deskew_before_augment' needs 'deskew': true"):
+        model.validate_hparams({"deskew_before_augment": True}, "hp.json")
+
+
+def test_a_model_deskewed_before_augmenting_takes_its_training_batches_as_they_come(tmp_path):
+    """Its batches were deskewed by augment.Augmenter; what it validates and predicts, it deskews itself, also
+    after a save and load."""
+    from src import ensemble
+
+    hparams = model.validate_hparams({"filters": [8], "dense": 16, "deskew": True, "deskew_before_augment": True})
+    net = model.build_model(hparams)
+    net.save(tmp_path / "model.keras")
+    layer = ensemble.load_model(tmp_path).get_layer("deskew")
+    images = np.stack([slanted_stroke(-0.4), slanted_stroke(0.3)])[..., None]
+    np.testing.assert_array_equal(np.asarray(layer(images, training=True)), images.astype(np.float32))
+    upright = np.asarray(layer(images, training=False))[..., 0]
+    assert np.abs(moments(upright)[2]).max() < 0.02
+    always = model.build_model(model.validate_hparams({"filters": [8], "dense": 16, "deskew": True}))
+    assert np.abs(moments(np.asarray(always.get_layer("deskew")(images, training=True))[..., 0])[2]).max() < 0.02

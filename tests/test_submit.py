@@ -242,12 +242,14 @@ def test_keep_round1_trains_only_the_extra_model_in_round_two(tmp_path, monkeypa
 
 def test_presets_add_their_second_model_and_extra_hparams_with_no_file_removes_it():
     full = submit.spec_from_args(submit.parse_args(["--preset", "full"]))
-    assert full.extra_hparams == (model.validate_hparams(config.TUNED_DESKEW),) and not full.hparams["deskew"]
+    assert full.extra_hparams == (model.validate_hparams(config.TUNED_DESKEW_FIRST),) and not full.hparams["deskew"]
+    assert full.extra_hparams[0]["deskew"] and full.extra_hparams[0]["deskew_before_augment"]
     alone = submit.spec_from_args(submit.parse_args(["--preset", "full", "--extra-hparams", "--no-keep-round1"]))
     assert alone.extra_hparams == () and not alone.train.keep_round1 and full.train.keep_round1
     fast = submit.spec_from_args(submit.parse_args(["--preset", "fast"]))
     assert fast.hparams == model.validate_hparams(config.TUNED)  # on raw digits, the second on deskewed ones
-    assert fast.extra_hparams == (model.validate_hparams({**config.TUNED, "deskew": True}),)
+    assert fast.extra_hparams == (model.validate_hparams({**config.TUNED, "deskew": True}),)  # after augmenting
+    assert not fast.extra_hparams[0]["deskew_before_augment"]  # so the two train together
     assert submit.spec_from_args(submit.parse_args(["--preset", "smoke"])).extra_hparams == ()
 
 

@@ -140,6 +140,8 @@ def test_models_train_together_when_their_recipes_agree():
     assert train.recipe_groups([tuned, slim, three_blocks]) == [[0, 2], [1]]
     assert train.recipe_groups([tuned, {**three_blocks, "batch_size": 64}]) == [[0], [1]]
     assert train.recipe_groups([tuned, model.validate_hparams(config.TUNED_DESKEW)]) == [[0, 1]]  # deskew: the model's
+    # deskewed before the augmentation: batches of its own
+    assert train.recipe_groups([tuned, model.validate_hparams(config.TUNED_DESKEW_FIRST)]) == [[0], [1]]
 
 
 def fit_tiny_pair(demo_dir, run_dir, epochs: int, **kwargs) -> list[dict]:
@@ -219,6 +221,20 @@ def test_a_cleaned_fold_trains_without_the_left_out_rows_and_still_validates_on_
     cleaned = train.Pseudo(np.zeros((0, 28, 28), np.uint8), tmp_path, 0.99, left_out).cleaned(fold)
     assert cleaned.train_index.tolist() == fold.train_index[1:].tolist()
     assert np.array_equal(cleaned.val_index, fold.val_index)  # CV still counts every row
+
+
+def test_a_model_deskewed_before_augmenting_trains_on_deskewed_batches(demo_dir, tmp_path, monkeypatch):
+    from src import augment, ensemble
+
+    asked = []
+    batches = augment.training_batches
+    monkeypatch.setattr(augment, "training_batches", lambda *a, **k: asked.append(k["deskew"]) or batches(*a, **k))
+    fit_tiny(demo_dir, tmp_path / "first", 1, {"deskew": True, "deskew_before_augment": True})
+    fit_tiny(demo_dir, tmp_path / "after", 1, {"deskew": True})
+    assert asked == [True, False]
+    # so the saved model lets training batches through, and deskews the rest itself
+    assert not ensemble.load_model(tmp_path / "first").get_layer("deskew").in_training
+    assert ensemble.load_model(tmp_path / "after").get_layer("deskew").in_training
 
 
 def fit_tiny(demo_dir, out_dir, epochs: int, hparams: dict | None = None, settings: dict | None = None,

@@ -26,6 +26,11 @@ def test_search_space_defaults_are_the_untuned_model():
 def test_search_space_defaults_can_be_a_presets_model():
     fast = model.validate_hparams(PRESETS["fast"].hparams)
     assert tune.search_space(kt.HyperParameters(), fast) == fast
+    second = model.validate_hparams(PRESETS["full"].extra_hparams[0])  # deskewed before augmenting
+    assert tune.search_space(kt.HyperParameters(), second) == second
+    raw = kt.HyperParameters()
+    raw.Fixed("deskew", False)  # a trial on raw digits has nothing to deskew before augmenting
+    assert not tune.search_space(raw, second)["deskew_before_augment"]
 
 
 def test_deep_valid_stacks_switch_to_same_padding():
